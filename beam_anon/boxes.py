@@ -1,0 +1,190 @@
+"""One box type, ``Detections``, and the pure box maths every stage uses.
+
+Conventions, everywhere in beam_anon:
+* boxes are ``xyxy`` in **pixels** of some image (float32, x0 < x1, y0 < y1, x1/y1 exclusive);
+* ``scores`` are in [0, 1];
+* ``labels`` are short strings: ``face``, ``plate`` or a stage-1 class such as ``person``, ``car``.
+
+Every function here takes and returns ``Detections`` (or plain arrays for the region maths) and
+never mutates its input.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Detections:
+    """N boxes with scores and labels. ``xyxy`` (N, 4) float32 pixels; ``scores`` (N,) float32;
+    ``labels`` (N,) str."""
+
+    xyxy: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+
+    def __post_init__(self):
+        xyxy = np.asarray(self.xyxy, dtype=np.float32).reshape(-1, 4)
+        scores = np.asarray(self.scores, dtype=np.float32).reshape(-1)
+        labels = np.asarray(self.labels, dtype=object).reshape(-1)
+        if not len(xyxy) == len(scores) == len(labels):
+            raise ValueError(
+                f"Detections: {len(xyxy)} boxes, {len(scores)} scores, {len(labels)} labels")
+        object.__setattr__(self, "xyxy", xyxy)
+        object.__setattr__(self, "scores", scores)
+        object.__setattr__(self, "labels", labels)
+
+    @classmethod
+    def empty(cls) -> "Detections":
+        return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, object))
+
+    @classmethod
+    def from_boxes(cls, xyxy, scores, label: str) -> "Detections":
+        """Boxes that all carry one label."""
+        xyxy = np.asarray(xyxy, dtype=np.float32).reshape(-1, 4)
+        return cls(xyxy, scores, np.full(len(xyxy), label, dtype=object))
+
+    @classmethod
+    def concat(cls, parts: Iterable["Detections"]) -> "Detections":
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return cls.empty()
+        return cls(np.concatenate([p.xyxy for p in parts]),
+                   np.concatenate([p.scores for p in parts]),
+                   np.concatenate([p.labels for p in parts]))
+
+    def __len__(self) -> int:
+        return len(self.xyxy)
+
+    def __getitem__(self, index) -> "Detections":
+        """Select by boolean mask, index array or slice."""
+        if isinstance(index, (int, np.integer)):
+            index = [index]
+        return Detections(self.xyxy[index], self.scores[index], self.labels[index])
+
+    def with_label(self, *labels: str) -> "Detections":
+        return self[np.isin(self.labels.astype(str), list(labels))]
+
+    @property
+    def wh(self) -> np.ndarray:
+        """(N, 2) widths and heights in pixels."""
+        return np.maximum(self.xyxy[:, 2:] - self.xyxy[:, :2], 0.0)
+
+    @property
+    def area(self) -> np.ndarray:
+        wh = self.wh
+        return wh[:, 0] * wh[:, 1]
+
+    def to_records(self) -> list[dict]:
+        """JSON-ready list of ``{label, score, x0, y0, x1, y1}`` (pixels, 2 decimals)."""
+        return [{"label": str(lab), "score": round(float(s), 4),
+                 "x0": round(float(b[0]), 2), "y0": round(float(b[1]), 2),
+                 "x1": round(float(b[2]), 2), "y1": round(float(b[3]), 2)}
+                for b, s, lab in zip(self.xyxy, self.scores, self.labels)]
+
+    @classmethod
+    def from_records(cls, records: Sequence[dict]) -> "Detections":
+        if not records:
+            return cls.empty()
+        return cls([[r["x0"], r["y0"], r["x1"], r["y1"]] for r in records],
+                   [r.get("score", 1.0) for r in records], [r["label"] for r in records])
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of xyxy arrays a (N, 4) and b (M, 4) -> (N, M)."""
+    a = np.asarray(a, np.float32).reshape(-1, 4)
+    b = np.asarray(b, np.float32).reshape(-1, 4)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
+    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=1)
+    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
+
+
+def nms(dets: Detections, iou_threshold: float = 0.5) -> Detections:
+    """Greedy non-maximum suppression per label; keeps the higher-scoring box of each overlap."""
+    if len(dets) < 2:
+        return dets
+    keep: list[int] = []
+    for label in np.unique(dets.labels.astype(str)):
+        idx = np.flatnonzero(dets.labels.astype(str) == label)
+        idx = idx[np.argsort(-dets.scores[idx], kind="stable")]
+        ious = iou_matrix(dets.xyxy[idx], dets.xyxy[idx])
+        suppressed = np.zeros(len(idx), bool)
+        for i in range(len(idx)):
+            if suppressed[i]:
+                continue
+            keep.append(int(idx[i]))
+            suppressed |= ious[i] > iou_threshold
+    return dets[np.sort(np.array(keep, dtype=int))]
+
+
+def clip(dets: Detections, width: int, height: int) -> Detections:
+    """Clip boxes to the image ``[0, width] x [0, height]``; drops boxes left with no area."""
+    xyxy = dets.xyxy.copy()
+    xyxy[:, 0::2] = np.clip(xyxy[:, 0::2], 0, width)
+    xyxy[:, 1::2] = np.clip(xyxy[:, 1::2], 0, height)
+    out = Detections(xyxy, dets.scores, dets.labels)
+    return out[(out.wh > 0).all(axis=1)] if len(out) else out
+
+
+def expand(dets: Detections, fraction: float, min_pixels: float = 0.0) -> Detections:
+    """Grow each box by ``fraction`` of its own width/height on every side (at least
+    ``min_pixels``). Not clipped: call :func:`clip` after."""
+    wh = dets.wh
+    pad = np.maximum(wh * fraction, min_pixels)
+    pad = np.concatenate([-pad, pad], axis=1)
+    return Detections(dets.xyxy + pad, dets.scores, dets.labels)
+
+
+def map_to_image(dets: Detections, offset_xy: Sequence[float], scale: float) -> Detections:
+    """Map boxes found in a crop that was cut at ``offset_xy`` (pixels of the image) and then
+    resized by ``scale`` (crop pixels per image pixel) back to image pixels."""
+    ox, oy = float(offset_xy[0]), float(offset_xy[1])
+    xyxy = dets.xyxy / float(scale) + np.array([ox, oy, ox, oy], np.float32)
+    return Detections(xyxy, dets.scores, dets.labels)
+
+
+def _should_merge(a: np.ndarray, b: np.ndarray, width: int, height: int,
+                  iou_threshold: float, small_fraction: float, gap_fraction: float) -> bool:
+    if iou_matrix(a[None], b[None])[0, 0] > iou_threshold:
+        return True
+    wa, ha = a[2] - a[0], a[3] - a[1]
+    wb, hb = b[2] - b[0], b[3] - b[1]
+    small = ((wa < small_fraction * width and ha < small_fraction * height)
+             or (wb < small_fraction * width and hb < small_fraction * height))
+    if not small:
+        return False
+    dx = abs((a[0] + a[2]) - (b[0] + b[2])) / 2
+    dy = abs((a[1] + a[3]) - (b[1] + b[3])) / 2
+    return (dx < (wa + wb) / 2 + gap_fraction * width
+            and dy < (ha + hb) / 2 + gap_fraction * height)
+
+
+def merge_regions(xyxy: np.ndarray, width: int, height: int, iou_threshold: float = 0.3,
+                  small_fraction: float = 0.1, gap_fraction: float = 0.01) -> np.ndarray:
+    """The original system's merge rule, applied until nothing changes: two boxes become their
+    union when their IoU exceeds ``iou_threshold``, or when one is small (under
+    ``small_fraction`` of the image in both width and height) and they touch or nearly touch
+    (centre distance under half their summed sizes plus ``gap_fraction`` of the image, per
+    axis). Input and output are xyxy pixel arrays; output order is not meaningful."""
+    boxes = [np.asarray(b, np.float32) for b in np.asarray(xyxy, np.float32).reshape(-1, 4)]
+    changed = True
+    while changed and len(boxes) > 1:
+        changed = False
+        for i in range(len(boxes)):
+            for j in range(i + 1, len(boxes)):
+                if _should_merge(boxes[i], boxes[j], width, height,
+                                 iou_threshold, small_fraction, gap_fraction):
+                    a, b = boxes[i], boxes[j]
+                    boxes[i] = np.concatenate([np.minimum(a[:2], b[:2]), np.maximum(a[2:], b[2:])])
+                    del boxes[j]
+                    changed = True
+                    break
+            if changed:
+                break
+    return np.array(boxes, np.float32).reshape(-1, 4)

@@ -1,0 +1,60 @@
+"""All tunable settings of an anonymization run, as one frozen dataclass passed down unchanged.
+
+Units: sizes in pixels, ``*_fraction`` relative to the thing named, scores in [0, 1].
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+#: stage-1 COCO classes whose boxes become regions searched by stage 2
+DEFAULT_STAGE1_CLASSES = ("person", "bicycle", "car", "motorcycle", "bus", "truck")
+
+
+@dataclass(frozen=True)
+class Settings:
+    # models (registry names, see models/registry.json)
+    stage1_model: str | None = "yolov8n-coco"
+    face_models: tuple[str, ...] = ("yunet", "centerface")
+    plate_models: tuple[str, ...] = ("platedet-yolov8s",)
+    # stage 1
+    stage1_classes: tuple[str, ...] = DEFAULT_STAGE1_CLASSES
+    stage1_threshold: float = 0.25
+    # merge (the original system's rule)
+    merge_iou: float = 0.3
+    merge_small_fraction: float = 0.1
+    merge_gap_fraction: float = 0.01
+    # crops for stage 2
+    region_padding_fraction: float = 0.1   # of the region's own size, each side
+    crop_target_size: int = 640            # long side a small region is upscaled to
+    crop_max_upscale: float = 4.0
+    crop_max_size: int = 1280              # regions larger than this are split into tiles
+    # full-frame stage-2 pass so stage-1 misses do not become privacy misses
+    full_frame: bool = True
+    full_frame_tile: int = 960             # tile size in pixels for large images
+    # stage 2
+    face_threshold: float = 0.5
+    plate_threshold: float = 0.35
+    nms_iou: float = 0.4
+    # blur
+    blur_mode: str = "gaussian"            # gaussian | pixelate | solid
+    blur_margin_fraction: float = 0.15     # each box grows by this fraction of its size per side
+    # output
+    jpeg_quality: int = 95
+    keep_metadata: bool = False
+    max_pixels: int = 100_000_000          # images above this fail with a clear error
+
+    def replace(self, **changes) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """Stable JSON of every setting (for the manifest and skip-existing checks)."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    def model_names(self) -> tuple[str, ...]:
+        names = (self.stage1_model,) if self.stage1_model else ()
+        return names + tuple(self.face_models) + tuple(self.plate_models)

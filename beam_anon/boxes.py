@@ -123,6 +123,31 @@ def nms(dets: Detections, iou_threshold: float = 0.5) -> Detections:
     return dets[np.sort(np.array(keep, dtype=int))]
 
 
+def fuse(dets: Detections, iou_threshold: float = 0.4) -> Detections:
+    """Like :func:`nms` per label, but each kept box becomes the union of the boxes it
+    suppresses (score: the highest). For privacy: duplicates from several crops or detectors
+    collapse into one box that still covers every pixel any of them covered."""
+    if len(dets) < 2:
+        return dets
+    out_xyxy, out_scores, out_labels = [], [], []
+    for label in np.unique(dets.labels.astype(str)):
+        idx = np.flatnonzero(dets.labels.astype(str) == label)
+        idx = idx[np.argsort(-dets.scores[idx], kind="stable")]
+        ious = iou_matrix(dets.xyxy[idx], dets.xyxy[idx])
+        taken = np.zeros(len(idx), bool)
+        for i in range(len(idx)):
+            if taken[i]:
+                continue
+            members = ~taken & (ious[i] > iou_threshold)
+            members[i] = True
+            taken |= members
+            group = dets.xyxy[idx[members]]
+            out_xyxy.append(np.concatenate([group[:, :2].min(0), group[:, 2:].max(0)]))
+            out_scores.append(dets.scores[idx[i]])
+            out_labels.append(label)
+    return Detections(np.array(out_xyxy), np.array(out_scores), np.array(out_labels, object))
+
+
 def clip(dets: Detections, width: int, height: int) -> Detections:
     """Clip boxes to the image ``[0, width] x [0, height]``; drops boxes left with no area."""
     xyxy = dets.xyxy.copy()
@@ -141,11 +166,13 @@ def expand(dets: Detections, fraction: float, min_pixels: float = 0.0) -> Detect
     return Detections(dets.xyxy + pad, dets.scores, dets.labels)
 
 
-def map_to_image(dets: Detections, offset_xy: Sequence[float], scale: float) -> Detections:
+def map_to_image(dets: Detections, offset_xy: Sequence[float], scale) -> Detections:
     """Map boxes found in a crop that was cut at ``offset_xy`` (pixels of the image) and then
-    resized by ``scale`` (crop pixels per image pixel) back to image pixels."""
+    resized by ``scale`` (crop pixels per image pixel; one factor or ``(sx, sy)``) back to image
+    pixels."""
     ox, oy = float(offset_xy[0]), float(offset_xy[1])
-    xyxy = dets.xyxy / float(scale) + np.array([ox, oy, ox, oy], np.float32)
+    sx, sy = np.broadcast_to(np.asarray(scale, np.float32), (2,))
+    xyxy = dets.xyxy / np.array([sx, sy, sx, sy], np.float32) + np.array([ox, oy, ox, oy], np.float32)
     return Detections(xyxy, dets.scores, dets.labels)
 
 

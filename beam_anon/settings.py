@@ -32,7 +32,8 @@ class Settings:
     crop_max_size: int = 1280              # regions larger than this are split into tiles
     # full-frame stage-2 pass so stage-1 misses do not become privacy misses
     full_frame: bool = True
-    full_frame_tile: int = 960             # tile size in pixels for large images
+    full_frame_tile: int = 960             # tile side in pixels as stage 2 sees it
+    full_frame_scale: float = 1.0          # resize factor of the full-frame tiles
     # stage 2
     face_threshold: float = 0.5
     plate_threshold: float = 0.35
@@ -40,6 +41,7 @@ class Settings:
     # blur
     blur_mode: str = "gaussian"            # gaussian | pixelate | solid
     blur_margin_fraction: float = 0.15     # each box grows by this fraction of its size per side
+    blur_strength: float = 0.25            # gaussian sigma / pixelate cell as a fraction of box size
     # output
     jpeg_quality: int = 95
     keep_metadata: bool = False

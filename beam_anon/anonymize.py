@@ -1,0 +1,106 @@
+"""The whole two-stage algorithm on one image, without Beam.
+
+image -> stage 1 (persons, vehicles) -> merged regions -> crops (+ full-frame tiles)
+      -> stage 2 (faces, plates) on every crop -> boxes mapped back to image pixels
+      -> duplicates fused -> each box enlarged by the blur margin -> blurred copy of the image.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import cv2
+import numpy as np
+
+from beam_anon.blur import blur_boxes
+from beam_anon.boxes import Detections, clip, expand, fuse, map_to_image
+from beam_anon.detectors import Detector
+from beam_anon.regions import Crop, plan_crops
+from beam_anon.settings import Settings
+
+
+@dataclass
+class DebugInfo:
+    """What the original system's detail mode showed, all in image pixels."""
+
+    stage1: Detections
+    regions: np.ndarray          # merged, padded stage-1 regions (xyxy)
+    crops: list[Crop]
+    stage2: Detections           # raw stage-2 boxes mapped back, before fusion and margin
+
+
+@dataclass
+class AnonymizeResult:
+    image: np.ndarray            # blurred copy, same shape as the input
+    boxes: Detections            # regions actually blurred (pixels, labels face | plate)
+    debug: DebugInfo | None
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per step
+
+
+def cut_crop(image: np.ndarray, crop: Crop) -> tuple[np.ndarray, tuple[float, float]]:
+    """The crop's pixels resized by its scale, and the exact (sx, sy) factors after rounding."""
+    x0, y0, x1, y1 = crop.xyxy
+    pixels = image[y0:y1, x0:x1]
+    if crop.scale == 1.0:
+        return pixels, (1.0, 1.0)
+    w, h = x1 - x0, y1 - y0
+    nw, nh = max(1, round(w * crop.scale)), max(1, round(h * crop.scale))
+    interp = cv2.INTER_LINEAR if crop.scale > 1 else cv2.INTER_AREA
+    return cv2.resize(pixels, (nw, nh), interpolation=interp), (nw / w, nh / h)
+
+
+class Anonymizer:
+    """Runs the configured detectors (looked up by registry name in ``detectors``)."""
+
+    def __init__(self, settings: Settings, detectors: Mapping[str, Detector]):
+        missing = [n for n in settings.model_names() if n not in detectors]
+        if missing:
+            raise ValueError(f"Anonymizer: no detector loaded for {missing}")
+        self.settings = settings
+        self.stage1 = detectors[settings.stage1_model] if settings.stage1_model else None
+        self.stage2 = ([(detectors[n], settings.face_threshold) for n in settings.face_models]
+                       + [(detectors[n], settings.plate_threshold) for n in settings.plate_models])
+        self.detectors = {n: detectors[n] for n in settings.model_names()}
+
+    def models(self) -> list[dict]:
+        """``[{name, sha256}]`` of every model this anonymizer uses (for the manifest)."""
+        return [{"name": n, "sha256": d.sha256} for n, d in self.detectors.items()]
+
+    def detect(self, image: np.ndarray) -> tuple[Detections, DebugInfo, dict[str, float]]:
+        """Faces and plates in ``image`` (fused, before the blur margin), with debug and timings."""
+        height, width = image.shape[:2]
+        timings: dict[str, float] = {}
+        t = time.perf_counter()
+        stage1 = (self.stage1.detect(image, self.settings.stage1_threshold)
+                  if self.stage1 else Detections.empty())
+        timings["stage1"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        regions, crops = plan_crops(stage1, width, height, self.settings)
+        cut = [cut_crop(image, c) for c in crops]
+        found = []
+        for detector, threshold in self.stage2:
+            per_crop = detector.detect_batch([pixels for pixels, _ in cut], threshold)
+            found += [map_to_image(d, c.offset, s) for d, c, (_, s) in zip(per_crop, crops, cut)]
+        stage2 = clip(Detections.concat(found), width, height)
+        fused = fuse(stage2, self.settings.nms_iou)
+        timings["stage2"] = time.perf_counter() - t
+        return fused, DebugInfo(stage1, regions, crops, stage2), timings
+
+    def run(self, image: np.ndarray, keep_debug: bool = False) -> AnonymizeResult:
+        """Detect and blur. ``image``: upright uint8 BGR (H, W, 3). Never modifies ``image``."""
+        height, width = image.shape[:2]
+        found, debug, timings = self.detect(image)
+        blurred_boxes = clip(expand(found, self.settings.blur_margin_fraction, 1.0), width, height)
+        t = time.perf_counter()
+        out = blur_boxes(image, blurred_boxes, self.settings.blur_mode, self.settings.blur_strength)
+        timings["blur"] = time.perf_counter() - t
+        return AnonymizeResult(out, blurred_boxes, debug if keep_debug else None, timings)
+
+
+def load_anonymizer(settings: Settings, models_dir: str | None = None) -> Anonymizer:
+    """An Anonymizer whose detectors come from the per-process model cache."""
+    from beam_anon.models import get_detector  # import here: keeps this module free of I/O
+
+    return Anonymizer(settings, {n: get_detector(n, models_dir) for n in settings.model_names()})

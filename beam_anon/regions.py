@@ -1,0 +1,90 @@
+"""Where stage 2 looks: stage-1 boxes -> merged regions -> a plan of crops at a useful scale.
+
+A ``Crop`` is a rectangle of the original image (integer pixels, xyxy) plus the factor it is
+resized by before stage 2 sees it (crop pixels per image pixel). Small regions are upscaled so
+small faces and plates become large enough to find; regions too large to upscale usefully are
+split into overlapping tiles; an optional full-frame pass tiles the whole image so stage-1 misses
+do not become privacy misses.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from beam_anon.boxes import Detections, clip, expand, merge_regions
+from beam_anon.settings import Settings
+
+TILE_OVERLAP = 0.2  # fraction of a tile shared with its neighbour, so objects on a seam are whole
+
+
+@dataclass(frozen=True)
+class Crop:
+    """``xyxy``: integer pixel rectangle of the image; ``scale``: resize factor applied to it."""
+
+    xyxy: tuple[int, int, int, int]
+    scale: float
+    source: str  # "region" | "full_frame"
+
+    @property
+    def offset(self) -> tuple[int, int]:
+        return self.xyxy[0], self.xyxy[1]
+
+
+def _spans(start: float, stop: float, size: int, overlap: float) -> list[tuple[int, int]]:
+    """Cover [start, stop) with windows of at most ``size`` pixels overlapping by ``overlap``."""
+    start, stop = int(math.floor(start)), int(math.ceil(stop))
+    length = stop - start
+    if length <= size:
+        return [(start, stop)]
+    count = math.ceil((length - size * overlap) / (size * (1 - overlap)))
+    step = (length - size) / max(count - 1, 1)
+    return [(start + round(i * step), start + round(i * step) + size) for i in range(count)]
+
+
+def tile(xyxy, max_size: int, overlap: float = TILE_OVERLAP) -> list[tuple[int, int, int, int]]:
+    """Split one xyxy rectangle into overlapping tiles no larger than ``max_size`` per side."""
+    x0, y0, x1, y1 = xyxy
+    return [(a, b, c, d) for (b, d) in _spans(y0, y1, max_size, overlap)
+            for (a, c) in _spans(x0, x1, max_size, overlap)]
+
+
+def stage1_regions(stage1: Detections, width: int, height: int, settings: Settings) -> np.ndarray:
+    """Stage-1 boxes of the configured classes -> merged, padded, clipped regions (xyxy)."""
+    wanted = stage1.with_label(*settings.stage1_classes)
+    wanted = wanted[wanted.scores >= settings.stage1_threshold]
+    merged = merge_regions(wanted.xyxy, width, height, settings.merge_iou,
+                           settings.merge_small_fraction, settings.merge_gap_fraction)
+    padded = clip(expand(Detections.from_boxes(merged, np.ones(len(merged)), "region"),
+                         settings.region_padding_fraction), width, height)
+    return padded.xyxy
+
+
+def region_crops(regions: np.ndarray, settings: Settings) -> list[Crop]:
+    """Crops for merged regions: upscale small ones towards ``crop_target_size`` (at most
+    ``crop_max_upscale``), tile those whose long side exceeds ``crop_max_size``."""
+    crops: list[Crop] = []
+    for region in np.asarray(regions).reshape(-1, 4):
+        for x0, y0, x1, y1 in tile(region, settings.crop_max_size):
+            long_side = max(x1 - x0, y1 - y0, 1)
+            scale = min(settings.crop_max_upscale, max(1.0, settings.crop_target_size / long_side))
+            crops.append(Crop((x0, y0, x1, y1), scale, "region"))
+    return crops
+
+
+def full_frame_crops(width: int, height: int, settings: Settings) -> list[Crop]:
+    """Tiles over the whole image at scale ``full_frame_scale`` (tiles measured in image px)."""
+    size = max(32, int(settings.full_frame_tile / settings.full_frame_scale))
+    return [Crop(t, settings.full_frame_scale, "full_frame")
+            for t in tile((0, 0, width, height), size)]
+
+
+def plan_crops(stage1: Detections, width: int, height: int,
+               settings: Settings) -> tuple[np.ndarray, list[Crop]]:
+    """The whole crop plan for one image: (merged regions xyxy, crops to run stage 2 on)."""
+    regions = stage1_regions(stage1, width, height, settings)
+    crops = region_crops(regions, settings)
+    if settings.full_frame:
+        crops += full_frame_crops(width, height, settings)
+    return regions, crops

@@ -307,8 +307,8 @@ def format_table(result: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m beam_anon.evaluate", description=__doc__.split(
-        "\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m beam_anon.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--labels", required=True, help="labels.jsonl (image paths relative to it)")
     p.add_argument("--manifest", required=True, action="append",
                    help="manifest JSON Lines file or glob; repeat for several")

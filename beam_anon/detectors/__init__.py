@@ -1,6 +1,6 @@
 """Detector contract: a loaded model that turns one BGR image into ``Detections``.
 
-Every family module in this package (``yolo``, ``centerface``, ``yunet``) provides a class with
+Every family module in this package (``yolo``, ``centerface``, ``yunet``, ``retina``) provides a class with
 this contract, built from a registry entry (see ``beam_anon.models``) and a local weight path.
 """
 from __future__ import annotations
@@ -46,6 +46,8 @@ def build_detector(spec: dict, model_dir: str) -> Detector:
         from beam_anon.detectors.centerface import CenterFace as cls
     elif family == "yunet":
         from beam_anon.detectors.yunet import YuNet as cls
+    elif family == "retinaplate":
+        from beam_anon.detectors.retina import RetinaPlate as cls
     else:
         raise ValueError(f"model {spec['name']!r}: unknown family {family!r}")
     det = cls(spec, model_dir)

@@ -47,7 +47,7 @@ def glob_prefix(file_pattern: str) -> str:
 
 def relative_key(path: str, prefix: str) -> str:
     """``path`` relative to ``prefix`` (the output name); the base name if outside it."""
-    return path[len(prefix):] if prefix and path.startswith(prefix) else path.rsplit("/", 1)[-1]
+    return path[len(prefix):] if path.startswith(prefix) else path.rsplit("/", 1)[-1]
 
 
 def check_key(key: str) -> str:

@@ -53,10 +53,9 @@ def relative_key(path: str, prefix: str) -> str:
 def check_key(key: str) -> str:
     """Raise ValueError unless ``key`` is a relative path that stays inside the output dir."""
     parts = key.split("/")
-    if (not key or key.startswith(("/", "\\")) or "\\" in key or "\x00" in key or ":" in parts[0]
-            or any(p in ("", ".", "..") for p in parts)):
+    if (not key or "\\" in key or "\x00" in key or any(p in ("", ".", "..") for p in parts)):
         raise ValueError(f"unsafe output key {key!r}: must be a relative path without "
-                         "'.', '..', empty parts, backslashes or a scheme")
+                         "'.', '..', empty parts (so no leading '/' or scheme) or backslashes")
     return key
 
 
@@ -101,6 +100,8 @@ class ReadImages(beam.PTransform):
                 | "Match" >> fileio.MatchFiles(
                     self.file_pattern,
                     empty_match_treatment=fileio.EmptyMatchTreatment.DISALLOW)
+                # without it the whole run fuses behind the one glob element: one worker
+                | "Spread" >> beam.Reshuffle()
                 | "ReadMatches" >> fileio.ReadMatches()
                 | "Key" >> beam.Map(lambda rf: (relative_key(rf.metadata.path, prefix), rf)))
 

@@ -170,6 +170,7 @@ def main(argv: list[str] | None = None, anonymizer_factory=None):
     waits). ``anonymizer_factory`` replaces the real models (tests only)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m pipelines.anonymize", description=__doc__,
+                                     allow_abbrev=False,  # --region is not --region_padding...
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     AnonymizeOptions._add_argparse_args(parser)
     parser.parse_known_args(argv)  # --help, and type errors reported before Beam starts
@@ -187,7 +188,8 @@ def main(argv: list[str] | None = None, anonymizer_factory=None):
     if str(state).endswith("DONE"):
         print(summary(result, opts))
     else:
-        print(f"beam_anon: pipeline state {state}; manifest: {manifest_path(opts.output)}")
+        print(f"beam_anon: pipeline {state or 'submitted'}, not finished here; manifest will be "
+              f"{manifest_path(opts.output)}")
     return result
 
 

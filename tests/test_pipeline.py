@@ -145,16 +145,35 @@ def _run_keys(elements, out_dir):
 def test_keys_cannot_escape_the_output_dir(tmp_path):
     out = tmp_path / "nest" / "out"
     data = _jpeg()
-    keys = ["../escape.jpg", "/abs.jpg", "ok/x.jpg", "a/./b.jpg", "a//b.jpg", "..",
+    keys = ["../escape.jpg", "/abs.jpg", "ok/x.jpg", "12:30 b.jpg", "a/./b.jpg", "a//b.jpg", "..",
             "gs://bucket/x.jpg", "a\\..\\..\\w.jpg"]
     _run_keys([(k, data) for k in keys], out)
     records = _manifest(out)
     assert set(records) == set(keys)
     assert records["ok/x.jpg"].status == "ok" and (out / "ok" / "x.jpg").is_file()
-    for key in keys[:1] + keys[1:2] + keys[3:]:
+    assert records["12:30 b.jpg"].status == "ok"
+    for key in keys[:2] + keys[4:]:
         assert records[key].status == "failed" and "unsafe output key" in records[key].error
     written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
-    assert written == ["nest/out/manifest.jsonl", "nest/out/ok/x.jpg"]
+    assert written == ["nest/out/12:30 b.jpg", "nest/out/manifest.jsonl", "nest/out/ok/x.jpg"]
+
+
+FACTORY_CALLS = []
+
+
+def counting_factory(settings, models_dir):
+    FACTORY_CALLS.append(models_dir)
+    return FakeAnonymizer()
+
+
+def test_anonymizer_built_once_not_per_element(tmp_path):
+    FACTORY_CALLS.clear()
+    with beam.Pipeline("FnApiRunner") as p:
+        _ = (p | beam.Create([(f"{i}.jpg", _jpeg()) for i in range(20)])
+             | transforms.AnonymizeImages(Settings(), "/m", anonymizer_factory=counting_factory)
+             | transforms.WriteAnonymized(str(tmp_path)))
+    assert FACTORY_CALLS == ["/m"]
+    assert sum(r.ok for r in _manifest(tmp_path).values()) == 20
 
 
 def test_write_failure_becomes_failed_record_without_partial_file(tmp_path, monkeypatch):

@@ -101,10 +101,10 @@ def decode(data: bytes, max_pixels: int) -> DecodedImage:
     if fmt == "jpeg" and header.mode != "CMYK":
         arr = cv2.imdecode(np.frombuffer(data, np.uint8),
                            cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    elif fmt == "png" and "transparency" not in header.info:
+    elif fmt == "png" and ("transparency" not in header.info or header.mode.startswith("I")):
         arr = cv2.imdecode(np.frombuffer(data, np.uint8),
                            cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
-    else:  # CMYK JPEG (Adobe inversion), PNG with a tRNS transparent colour
+    else:  # CMYK JPEG (Adobe inversion), 8-bit PNG with a tRNS transparent colour
         arr = _decode_with_pillow(header)
     if arr is None:
         raise ImageError(f"corrupt or truncated {fmt.upper()} data")

@@ -242,6 +242,14 @@ def test_every_setting_is_an_option_with_help(capsys):
     assert PipelineOptions([]).view_as(cli.AnonymizeOptions).settings() == Settings()
 
 
+def test_dataflow_graph_builds_offline(capsys):
+    result = cli.main(["--input", "gs://bkt/photos/**.jpg", "--output", "gs://bkt/anon",
+                       "--runner=DataflowRunner", "--project=my-project", "--region=us-central1",
+                       "--temp_location=gs://bkt/tmp", "--dry_run=True"])
+    assert result is not None
+    assert "gs://bkt/anon/manifest.jsonl" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("pattern, prefix", [
     ("/a/b/**.jpg", "/a/b/"), ("gs://bk/x/*/y.png", "gs://bk/x/"), ("/a/b/c.jpg", "/a/b/"),
     ("rel*.jpg", ""), ("/a/[xy]/z", "/a/")])

@@ -113,7 +113,11 @@ def _default_factory(settings: Settings, models_dir: str | None):
     return load_anonymizer(settings, models_dir)
 
 
-class _AnonymizeFn(beam.DoFn):
+class AnonymizeFn(beam.DoFn):
+    """The per-image core, shared with ``beam_anon.tfrecords`` (which subclasses it): the
+    anonymizer is loaded once per process in ``setup``; :meth:`anonymize_pixels` is the step
+    every input format runs."""
+
     def __init__(self, settings: Settings, models_dir: str | None,
                  anonymizer_factory: Callable, debug_dir: str | None):
         self.settings = settings
@@ -160,24 +164,31 @@ class _AnonymizeFn(beam.DoFn):
         else:
             data = source
         timings["read"] = time.perf_counter() - t
-        t = time.perf_counter()
-        img = image_io.decode(data, self.settings.max_pixels)
-        timings["decode"] = time.perf_counter() - t
-        record.width, record.height, record.format = img.width, img.height, img.format
-        result = self.anonymizer.run(img.pixels, keep_debug=self.debug_dir is not None)
-        timings.update(result.timings)
-        record.boxes = result.boxes.to_records()
+        img, result = self.anonymize_pixels(data, record)
         t = time.perf_counter()
         out = image_io.encode(result.image, img.alpha, img.format, self.settings.jpeg_quality,
                               img.output_metadata(self.settings.keep_metadata))
         timings["encode"] = time.perf_counter() - t
+        record.status = STATUS_OK
+        return out
+
+    def anonymize_pixels(self, data: bytes, record: ManifestRecord):
+        """Decode ``data`` and run the anonymizer -> ``(DecodedImage, AnonymizeResult)``; fills
+        ``record``'s size, format, boxes and timings, counts faces/plates, writes the debug
+        view. Raises on any failure; neither encodes nor marks the record ok."""
+        t = time.perf_counter()
+        img = image_io.decode(data, self.settings.max_pixels)
+        record.timings["decode"] = time.perf_counter() - t
+        record.width, record.height, record.format = img.width, img.height, img.format
+        result = self.anonymizer.run(img.pixels, keep_debug=self.debug_dir is not None)
+        record.timings.update(result.timings)
+        record.boxes = result.boxes.to_records()
         labels = result.boxes.labels.astype(str)
         self.faces.inc(int((labels == "face").sum()))
         self.plates.inc(int((labels == "plate").sum()))
         if self.debug_dir is not None and result.debug is not None:
             self._write_debug(record.key, img.pixels, result)
-        record.status = STATUS_OK
-        return out
+        return img, result
 
     def _write_debug(self, key: str, original: np.ndarray, result) -> None:
         """Best effort: a debug view never fails the image (it is not the anonymized output)."""
@@ -203,7 +214,7 @@ class AnonymizeImages(beam.PTransform):
     def __init__(self, settings: Settings, models_dir: str | None = None,
                  debug_dir: str | None = None, anonymizer_factory: Callable | None = None):
         super().__init__()
-        self.fn = _AnonymizeFn(settings, models_dir, anonymizer_factory or _default_factory,
+        self.fn = AnonymizeFn(settings, models_dir, anonymizer_factory or _default_factory,
                                debug_dir)
 
     def expand(self, pcoll):

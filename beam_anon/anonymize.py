@@ -50,6 +50,17 @@ def cut_crop(image: np.ndarray, crop: Crop) -> tuple[np.ndarray, tuple[float, fl
     return cv2.resize(pixels, (nw, nh), interpolation=interp), (nw / w, nh / h)
 
 
+def detection_copy(image: np.ndarray, max_pixels: int) -> tuple[np.ndarray, tuple[float, float]]:
+    """``image`` itself if it has at most ``max_pixels`` pixels, else a copy shrunk (INTER_AREA)
+    to fit, with the exact (sx, sy) factors (copy pixels per image pixel) to map boxes back."""
+    height, width = image.shape[:2]
+    if width * height <= max_pixels:
+        return image, (1.0, 1.0)
+    f = (max_pixels / (width * height)) ** 0.5
+    nw, nh = max(1, int(width * f)), max(1, int(height * f))
+    return cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA), (nw / width, nh / height)
+
+
 class Anonymizer:
     """Runs the configured detectors (looked up by registry name in ``detectors``)."""
 
@@ -89,9 +100,21 @@ class Anonymizer:
         return fused, DebugInfo(stage1, regions, crops, stage2), timings
 
     def run(self, image: np.ndarray, keep_debug: bool = False) -> AnonymizeResult:
-        """Detect and blur. ``image``: upright uint8 BGR (H, W, 3). Never modifies ``image``."""
+        """Detect and blur. ``image``: upright uint8 BGR (H, W, 3). Never modifies ``image``.
+        Above ``settings.detect_max_pixels`` detection runs on a shrunk copy (bounded time and
+        memory); boxes are mapped back and the blur is applied at full resolution."""
         height, width = image.shape[:2]
-        found, debug, timings = self.detect(image)
+        small, scale = detection_copy(image, self.settings.detect_max_pixels)
+        found, debug, timings = self.detect(small)
+        if scale != (1.0, 1.0):  # boxes back to full resolution; the blur runs there
+            found = map_to_image(found, (0, 0), scale)
+            sx, sy = scale
+            debug = DebugInfo(
+                map_to_image(debug.stage1, (0, 0), scale),
+                np.asarray(debug.regions).reshape(-1, 4) / np.array([sx, sy, sx, sy]),
+                [Crop((round(c.xyxy[0] / sx), round(c.xyxy[1] / sy), round(c.xyxy[2] / sx),
+                       round(c.xyxy[3] / sy)), c.scale * sx, c.source) for c in debug.crops],
+                map_to_image(debug.stage2, (0, 0), scale))
         blurred_boxes = clip(expand(found, self.settings.blur_margin_fraction, 1.0), width, height)
         t = time.perf_counter()
         out = blur_boxes(image, blurred_boxes, self.settings.blur_mode, self.settings.blur_strength)

@@ -46,6 +46,7 @@ class Settings:
     jpeg_quality: int = 95
     keep_metadata: bool = False
     max_pixels: int = 100_000_000          # images above this fail with a clear error
+    detect_max_pixels: int = 24_000_000    # larger images are detected on a downscaled copy
 
     def replace(self, **changes) -> "Settings":
         return dataclasses.replace(self, **changes)

@@ -58,6 +58,8 @@ SETTINGS_HELP = {
     "keep_metadata": "keep allow-listed EXIF (capture time, exposure; never GPS, camera, serial "
                      "numbers or thumbnail; see beam_anon.image_io) (true/false)",
     "max_pixels": "images with more pixels fail with a clear error (decompression-bomb guard)",
+    "detect_max_pixels": "larger images are searched on a copy shrunk to this many pixels "
+                         "(bounded time and memory); boxes map back, the blur is full-resolution",
 }
 
 

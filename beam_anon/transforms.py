@@ -7,7 +7,9 @@
 Fail closed: any exception for one image (read, decode, detect, encode, write, bad key) gives a
 ``failed`` record and no output file for it; every input gets exactly one manifest record.
 Metrics (namespace ``beam_anon``): counters ``images``, ``images_failed``, ``images_written``,
-``faces``, ``plates``; distribution ``ms_per_image``.
+``images_skipped``, ``faces``, ``plates``; distribution ``ms_per_image``.
+Each record is also kept in ``OUTPUT/.records/`` as soon as its image is done, so a killed run
+can be resumed with ``skip_existing`` (see :mod:`beam_anon.records`).
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from apache_beam.metrics import Metrics
 
 from beam_anon import image_io
 from beam_anon.manifest import STATUS_OK, ManifestRecord, settings_dict
+from beam_anon.records import previous_record, record_bytes, record_path
 from beam_anon.settings import Settings
 
 NAMESPACE = "beam_anon"
@@ -119,12 +122,15 @@ class AnonymizeFn(beam.DoFn):
     every input format runs."""
 
     def __init__(self, settings: Settings, models_dir: str | None,
-                 anonymizer_factory: Callable, debug_dir: str | None):
+                 anonymizer_factory: Callable, debug_dir: str | None,
+                 skip_existing_in: str | None = None):
         self.settings = settings
         self.models_dir = models_dir
         self.factory = anonymizer_factory
         self.debug_dir = debug_dir
+        self.skip_existing_in = skip_existing_in
         self.images = Metrics.counter(NAMESPACE, "images")
+        self.skipped = Metrics.counter(NAMESPACE, "images_skipped")
         self.failed = Metrics.counter(NAMESPACE, "images_failed")
         self.faces = Metrics.counter(NAMESPACE, "faces")
         self.plates = Metrics.counter(NAMESPACE, "plates")
@@ -145,6 +151,13 @@ class AnonymizeFn(beam.DoFn):
         self.images.inc()
         try:
             check_key(key)
+            if self.skip_existing_in is not None:
+                done = previous_record(self.skip_existing_in, key, self.settings_json,
+                                       self.models)
+                if done is not None:  # output and record of an identical earlier run
+                    self.skipped.inc()
+                    yield key, None, done
+                    return
             out = self._anonymize(source, record)
         except Exception as e:  # fail closed: no bytes leave for this image
             log.warning("failed %s: %s: %s", path, type(e).__name__, e)
@@ -203,8 +216,10 @@ class AnonymizeFn(beam.DoFn):
 class AnonymizeImages(beam.PTransform):
     """``(key, bytes | fileio.ReadableFile) -> (key, anonymized bytes | None, ManifestRecord)``.
 
-    Bytes are None exactly when the record is ``failed``. The record's ``output`` is filled in
-    by :class:`WriteAnonymized`. ``anonymizer_factory(settings, models_dir)`` returns an object
+    Bytes are None exactly when the record is ``failed``, or when ``skip_existing_in`` (the
+    output dir) holds this input's output and record from a run with the same settings and
+    models: then the earlier ``ok`` record (with its ``output``) is passed on unchanged.
+    Otherwise the record's ``output`` is filled in by :class:`WriteAnonymized`. ``anonymizer_factory(settings, models_dir)`` returns an object
     with ``run(image, keep_debug) -> AnonymizeResult`` and ``models() -> [{name, sha256}]``;
     default :func:`beam_anon.anonymize.load_anonymizer`. ``debug_dir``: where to write, per
     image, the original (NOT anonymized) picture with stage-1 boxes, regions, crops and stage-2
@@ -212,10 +227,11 @@ class AnonymizeImages(beam.PTransform):
     """
 
     def __init__(self, settings: Settings, models_dir: str | None = None,
-                 debug_dir: str | None = None, anonymizer_factory: Callable | None = None):
+                 debug_dir: str | None = None, anonymizer_factory: Callable | None = None,
+                 skip_existing_in: str | None = None):
         super().__init__()
         self.fn = AnonymizeFn(settings, models_dir, anonymizer_factory or _default_factory,
-                               debug_dir)
+                               debug_dir, skip_existing_in)
 
     def expand(self, pcoll):
         return pcoll | "Anonymize" >> beam.ParDo(self.fn)
@@ -231,8 +247,11 @@ class _WriteFn(beam.DoFn):
 
     def process(self, element) -> Iterable[ManifestRecord]:
         key, data, record = element
+        if data is None and record.ok and record.output is not None:
+            yield record  # skipped: output and record are an earlier run's (skip_existing)
+            return
         if data is None or not record.ok:
-            yield record if not record.ok else record.failed("no output bytes")
+            yield self._keep(record if not record.ok else record.failed("no output bytes"))
             return
         t = time.perf_counter()
         try:
@@ -241,17 +260,27 @@ class _WriteFn(beam.DoFn):
         except Exception as e:
             log.warning("write failed for %s: %s: %s", key, type(e).__name__, e)
             self.failed.inc()
-            yield record.failed(e)
+            yield self._keep(record.failed(e))
             return
         self.written.inc()
-        yield dataclasses.replace(record, output=path, timings={
-            **record.timings, "write": time.perf_counter() - t})
+        yield self._keep(dataclasses.replace(record, output=path, timings={
+            **record.timings, "write": time.perf_counter() - t}))
+
+    def _keep(self, record: ManifestRecord) -> ManifestRecord:
+        """Write the record to ``OUTPUT/.records/`` (after the image), so it survives a crash;
+        best effort: without it a rerun just processes the image again."""
+        try:
+            write_atomic(record_path(self.output_dir, record.key), record_bytes(record))
+        except Exception as e:
+            log.warning("record for %s not kept: %s", record.key, e)
+        return record
 
 
 class WriteAnonymized(beam.PTransform):
     """``(key, bytes | None, ManifestRecord) -> ManifestRecord`` (final, with ``output``).
 
-    Writes each ok image to ``output_dir/key`` atomically, and every record to
+    Writes each ok image to ``output_dir/key`` atomically, then its record to
+    ``output_dir/.records/`` (:mod:`beam_anon.records`), and at the end every record to
     ``output_dir/manifest.jsonl`` (one JSON object per line; schema in ``beam_anon.manifest``).
     A write failure or an unsafe key turns the record into ``failed``.
     """

@@ -4,7 +4,10 @@
 
 Writes ``OUTPUT/<path relative to the input glob's directory>`` for every image anonymized, and
 ``OUTPUT/manifest.jsonl`` with one record per input (schema: ``beam_anon.manifest``). Images that
-fail get no output file and a ``failed`` record. Arguments not listed here go to Beam:
+fail get no output file and a ``failed`` record. ``--input_format tfrecord``: ``--input`` matches
+TFRecord shards of ``tf.train.Example``; ``OUTPUT/data-*.tfrecord`` is written
+(``beam_anon.tfrecords``).
+Arguments not listed here go to Beam:
 ``--runner`` (default FnApiRunner: local, offline), ``--direct_num_workers``,
 ``--direct_running_mode``; on Dataflow ``--runner=DataflowRunner --project --region
 --temp_location gs://... --setup_file ./setup.py``.
@@ -21,6 +24,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from beam_anon import tfrecords
 from beam_anon.blur import MODES as BLUR_MODES
 from beam_anon.settings import Settings
 from beam_anon.transforms import (NAMESPACE, AnonymizeImages, ReadImages, WriteAnonymized,
@@ -104,11 +108,6 @@ class AnonymizeOptions(PipelineOptions):
         parser.add_argument("--debug_dir", default=None, help="write per-image debug views here "
                             "(ORIGINAL, un-anonymized pixels with every detection drawn); must "
                             "not be inside --output")
-        parser.add_argument("--skip_existing", type=_bool, nargs="?", const=True,
-                            default=False, metavar="BOOL", help="rerun into the same --output: "
-                            "inputs whose output and record (OUTPUT/.records) exist from a run "
-                            "with the same settings and models are not processed again; the "
-                            "manifest still lists every input once (default: %(default)s)")
         for f in dataclasses.fields(Settings):
             _settings_argument(parser, f)
 
@@ -153,11 +152,12 @@ def _check(opts: AnonymizeOptions) -> None:
 def build(pipeline: beam.Pipeline, opts: AnonymizeOptions, anonymizer_factory=None):
     """Add read -> anonymize -> write to ``pipeline``; returns the final records.
     ``anonymizer_factory``: see ``AnonymizeImages`` (default: the real models)."""
+    if opts.view_as(tfrecords.TFRecordOptions).input_format == "tfrecord":
+        return tfrecords.build(pipeline, opts, anonymizer_factory)
     return (pipeline
             | "ReadImages" >> ReadImages(opts.input)
-            | "AnonymizeImages" >> AnonymizeImages(
-                opts.settings(), opts.models_dir, opts.debug_dir, anonymizer_factory,
-                skip_existing_in=opts.output if opts.skip_existing else None)
+            | "AnonymizeImages" >> AnonymizeImages(opts.settings(), opts.models_dir,
+                                                   opts.debug_dir, anonymizer_factory)
             | "WriteAnonymized" >> WriteAnonymized(opts.output))
 
 
@@ -168,8 +168,7 @@ def summary(result, opts: AnonymizeOptions) -> str:
         value = c.committed if c.committed is not None else c.attempted
         counts[c.key.metric.name] = counts.get(c.key.metric.name, 0) + int(value or 0)
     images, failed = counts.get("images", 0), counts.get("images_failed", 0)
-    skipped = f" ({counts['images_skipped']} skipped)" if counts.get("images_skipped") else ""
-    return (f"beam_anon: {images} images, {images - failed} ok{skipped}, {failed} failed, "
+    return (f"beam_anon: {images} images, {images - failed} ok, {failed} failed, "
             f"{counts.get('faces', 0)} faces and {counts.get('plates', 0)} plates blurred -> "
             f"{opts.output} (manifest: {manifest_path(opts.output)})")
 
@@ -182,6 +181,7 @@ def main(argv: list[str] | None = None, anonymizer_factory=None):
                                      allow_abbrev=False,  # --region is not --region_padding...
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     AnonymizeOptions._add_argparse_args(parser)
+    tfrecords.TFRecordOptions._add_argparse_args(parser)
     parser.parse_known_args(argv)  # --help, and type errors reported before Beam starts
     options = PipelineOptions(argv)
     if not options.view_as(StandardOptions).runner:

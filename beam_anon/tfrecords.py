@@ -1,0 +1,442 @@
+"""TFRecord datasets of ``tf.train.Example`` in and out: only the image bytes change.
+
+    p | ReadTFRecordShards("/data/train-*.tfrecord.gz")   # (path, rel, index, bytes|None, error)
+      | AnonymizeExamples(settings, TFRecordConfig())     # (new bytes|None, raw|None, [records])
+      | WriteTFRecords("/out", num_shards=8)              # OUTPUT/data-*.tfrecord[.gz] + manifest
+
+Contract
+* Records are read with Beam's FileSystems (any compression Beam knows, ``auto`` by extension or
+  gzip magic) and checked with the TFRecord CRCs. A record whose data CRC fails becomes a failed
+  manifest record (its raw bytes go to the dead letters); a bad length CRC, a truncated or an
+  undecompressible shard gives one failed record for the rest of that shard. Nothing crashes.
+* Each Example is parsed with ``tf.train.Example``; for every configured image key every value
+  of its ``bytes_list`` is decoded, anonymized by the shared per-image core
+  (:meth:`beam_anon.transforms.AnonymizeFn.anonymize_pixels`) and re-encoded in the same format,
+  in the same stored orientation as the input (``tf.io.decode_jpeg`` ignores EXIF, so the
+  dataset's own boxes keep matching). Every other feature is left as parsed and reserialized.
+* Fail closed, per Example: a missing image key, an undecodable image, a detector error, or an
+  image-looking (JPEG/PNG) value under another key (unless ``keep_other_images``) fails the
+  whole Example: it is not written; its manifest records are ``failed``.
+* Manifest: one record per image. ``input`` is ``<shard path>#<record index>``; ``key`` is the
+  first present ``key_features`` value (``image/filename``, ``image/source_id``) else
+  ``<shard path relative to the glob>#<index>``; with several image keys or several values
+  per key, ``|<image key>[<value index>]`` is appended. ``output`` is the output dataset's glob.
+* ``add_boxes``: the blurred boxes are added as ``<p>anonymized/bbox/{xmin,ymin,xmax,ymax}``
+  (float, normalized to the stored image) and ``<p>anonymized/label`` (bytes), where ``<p>`` is
+  the image key without its trailing ``encoded`` (``image/encoded`` -> ``image/``), a key not
+  ending in ``encoded`` gets ``/`` appended; ``<p>anonymized/bbox/image_index`` (int) is added
+  when a key holds several images. Existing features of those names are replaced.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import struct
+import time
+from dataclasses import dataclass
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io import fileio
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.tfrecordio import WriteToTFRecord, _TFRecordUtil
+from apache_beam.metrics import Metrics
+
+from beam_anon import image_io
+from beam_anon.manifest import STATUS_OK, ManifestRecord
+from beam_anon.transforms import (NAMESPACE, AnonymizeFn, _default_factory, glob_prefix,
+                                  manifest_path, relative_key)
+
+log = logging.getLogger(__name__)
+
+#: --tfrecord_compression / --output_compression values -> Beam compression types
+COMPRESSIONS = {"auto": CompressionTypes.AUTO, "uncompressed": CompressionTypes.UNCOMPRESSED,
+                "gzip": CompressionTypes.GZIP, "deflate": CompressionTypes.DEFLATE}
+MAX_RECORD_BYTES = 1 << 30  # a longer length field is treated as corruption
+_JPEG, _PNG = b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"
+# EXIF orientation -> the orientation that undoes it (image_io.apply_orientation)
+_INVERSE_ORIENTATION = {6: 8, 8: 6}
+
+
+@dataclass(frozen=True)
+class TFRecordConfig:
+    image_keys: tuple[str, ...] = ("image/encoded",)
+    key_features: tuple[str, ...] = ("image/filename", "image/source_id")
+    add_boxes: bool = False
+    keep_other_images: bool = False
+
+
+class TFRecordError(ValueError):
+    """A record or Example that cannot be processed (message says why)."""
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+def _read_exact(f, n: int) -> bytes:
+    chunks, got = [], 0
+    while got < n:
+        chunk = f.read(n - got)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+def read_records(f):
+    """Yield ``(data, None)`` per good record of an open TFRecord stream, ``(data, error)`` for
+    a record whose data CRC fails, and a final ``(None, error)`` when the stream cannot be
+    followed any further (truncated, bad length CRC)."""
+    crc = _TFRecordUtil._masked_crc32c
+    while True:
+        header = _read_exact(f, 12)
+        if not header:
+            return
+        if len(header) < 12:
+            yield None, "truncated record header at end of shard"
+            return
+        length, length_crc = struct.unpack("<QI", header)
+        if length_crc != crc(header[:8]) or length > MAX_RECORD_BYTES:
+            yield None, "corrupt record length (CRC mismatch); rest of the shard unreadable"
+            return
+        body = _read_exact(f, length + 4)
+        if len(body) < length + 4:
+            yield None, "truncated record at end of shard"
+            return
+        data = body[:length]
+        if struct.unpack("<I", body[length:])[0] != crc(data):
+            yield data, "corrupt record data (CRC mismatch)"
+        else:
+            yield data, None
+
+
+def shard_compression(path: str, compression: str) -> str:
+    """Beam compression type of one shard: explicit, else by extension, else gzip magic."""
+    if compression != "auto":
+        return COMPRESSIONS[compression]
+    detected = CompressionTypes.detect_compression_type(path)
+    if detected != CompressionTypes.UNCOMPRESSED:
+        return detected
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return CompressionTypes.GZIP if f.read(2) == b"\x1f\x8b" else detected
+
+
+class _ReadShardFn(beam.DoFn):
+    def __init__(self, prefix: str, compression: str):
+        self.prefix, self.compression = prefix, compression
+        self.shards = Metrics.counter(NAMESPACE, "tfrecord_shards")
+
+    def process(self, metadata):
+        path = metadata.path
+        rel = relative_key(path, self.prefix)
+        index = 0
+        self.shards.inc()
+        try:
+            kind = shard_compression(path, self.compression)
+            with FileSystems.open(path, compression_type=kind) as f:
+                for data, error in read_records(f):
+                    yield path, rel, index, data, error
+                    index += 1
+        except Exception as e:  # undecompressible or unreadable: the rest of the shard fails
+            yield path, rel, index, None, f"shard unreadable from here: {type(e).__name__}: {e}"
+
+
+class ReadTFRecordShards(beam.PTransform):
+    """``PBegin -> (shard path, shard key, record index, bytes | None, error | None)``.
+    ``compression``: a key of :data:`COMPRESSIONS`. No match is an error."""
+
+    def __init__(self, file_pattern: str, compression: str = "auto"):
+        super().__init__()
+        if compression not in COMPRESSIONS:
+            raise ValueError(f"compression {compression!r}: one of {', '.join(COMPRESSIONS)}")
+        self.file_pattern, self.compression = file_pattern, compression
+
+    def expand(self, pbegin):
+        return (pbegin
+                | "Match" >> fileio.MatchFiles(
+                    self.file_pattern,
+                    empty_match_treatment=fileio.EmptyMatchTreatment.DISALLOW)
+                | "SpreadShards" >> beam.Reshuffle()
+                | "ReadShards" >> beam.ParDo(
+                    _ReadShardFn(glob_prefix(self.file_pattern), self.compression))
+                | "SpreadRecords" >> beam.Reshuffle())
+
+
+# --- anonymizing ---------------------------------------------------------------------------------
+
+def _first_text(example, names) -> str | None:
+    feature = example.features.feature
+    for name in names:
+        if name in feature and feature[name].WhichOneof("kind") == "bytes_list":
+            values = feature[name].bytes_list.value
+            if values and values[0]:
+                return values[0].decode("utf-8", errors="replace")
+    return None
+
+
+def boxes_to_stored(xyxy: np.ndarray, width: int, height: int, orientation: int) -> np.ndarray:
+    """Boxes in pixels of the upright image (``width`` x ``height``) -> normalized
+    ``[xmin, ymin, xmax, ymax]`` (float32) of the image as stored with EXIF ``orientation``."""
+    b = np.clip(np.asarray(xyxy, np.float64).reshape(-1, 4) / [width, height, width, height],
+                0.0, 1.0)
+    x, y = b[:, [0, 2]], b[:, [1, 3]]  # both corners
+    u, v = {1: (x, y), 2: (1 - x, y), 3: (1 - x, 1 - y), 4: (x, 1 - y), 5: (y, x),
+            6: (y, 1 - x), 7: (1 - y, 1 - x), 8: (1 - y, x)}[orientation]
+    return np.stack([u.min(1), v.min(1), u.max(1), v.max(1)], axis=1).astype(np.float32)
+
+
+def _image_like(value: bytes) -> bool:
+    return value.startswith(_JPEG) or value.startswith(_PNG)
+
+
+class _AnonymizeExampleFn(AnonymizeFn):
+    """``(path, rel, index, bytes | None, error | None) -> (Example bytes | None, raw bytes |
+    None, [ManifestRecord])``: new bytes exactly when every record is ok; raw bytes (for the
+    dead letters) when the Example failed."""
+
+    def __init__(self, settings, models_dir, factory, debug_dir, config: TFRecordConfig):
+        super().__init__(settings, models_dir, factory, debug_dir)
+        self.config = config
+        self.examples = Metrics.counter(NAMESPACE, "examples")
+        self.examples_failed = Metrics.counter(NAMESPACE, "examples_failed")
+        self.examples_ok = Metrics.counter(NAMESPACE, "examples_ok")
+
+    def setup(self):
+        super().setup()
+        import tensorflow as tf  # heavy: once per process, never at graph construction
+        self.train = tf.train
+
+    def process(self, element):
+        path, rel, index, data, error = element
+        input_id, key = f"{path}#{index}", f"{rel}#{index}"
+        self.examples.inc()
+        records: list[ManifestRecord] = []
+        try:
+            if error:
+                raise TFRecordError(error)
+            example = self.train.Example.FromString(data)
+            key = _first_text(example, self.config.key_features) or key
+            self._anonymize_example(example, input_id, key, records)
+            out = example.SerializeToString()
+        except Exception as e:  # fail closed: the Example is not written
+            log.warning("failed %s (%s): %s: %s", input_id, key, type(e).__name__, e)
+            if not records:
+                records.append(self._record(input_id, key))
+            failing = records[-1].key
+            records = [r.failed(e) if r is records[-1] else r.failed(
+                f"Example not written: its image {failing} failed: {e}", type(e).__name__)
+                for r in records]
+            self.failed.inc(len(records))
+            self.examples_failed.inc()
+            yield None, data, records
+            return
+        self.examples_ok.inc()
+        yield out, None, records
+
+    def _record(self, input_id: str, key: str) -> ManifestRecord:
+        self.images.inc()
+        return ManifestRecord(input=input_id, key=key, models=self.models,
+                              settings=self.settings_json)
+
+    def _anonymize_example(self, example, input_id: str, key: str, records: list) -> None:
+        """Anonymize every configured image of ``example`` in place; appends one record per
+        image (the last one appended is the one that raised, on failure)."""
+        feature = example.features.feature
+        units = []
+        for k in self.config.image_keys:
+            if (k not in feature or feature[k].WhichOneof("kind") != "bytes_list"
+                    or not feature[k].bytes_list.value):
+                raise TFRecordError(f"no image bytes under feature {k!r} (see --image_keys)")
+            units += [(k, i) for i in range(len(feature[k].bytes_list.value))]
+        if not self.config.keep_other_images:
+            for name, f in feature.items():
+                if (name not in self.config.image_keys and f.WhichOneof("kind") == "bytes_list"
+                        and any(_image_like(v) for v in f.bytes_list.value)):
+                    raise TFRecordError(
+                        f"feature {name!r} holds a JPEG/PNG image that would be written "
+                        "un-anonymized: add it to --image_keys, or pass "
+                        "--tfrecord_keep_other_images if it is not a photo (e.g. masks)")
+        multi = len(units) > 1
+        boxes: dict[str, list] = {}
+        for k, i in units:
+            record = self._record(input_id, f"{key}|{k}[{i}]" if multi else key)
+            records.append(record)
+            start = time.perf_counter()
+            img, result = self.anonymize_pixels(feature[k].bytes_list.value[i], record)
+            t = time.perf_counter()
+            undo = _INVERSE_ORIENTATION.get(img.orientation, img.orientation)
+            alpha = image_io.apply_orientation(img.alpha, undo) if img.alpha is not None else None
+            out = image_io.encode(image_io.apply_orientation(result.image, undo), alpha,
+                                  img.format, self.settings.jpeg_quality,
+                                  img.output_metadata(self.settings.keep_metadata))
+            record.timings["encode"] = time.perf_counter() - t
+            feature[k].bytes_list.value[i] = out
+            boxes.setdefault(k, []).append(
+                (i, boxes_to_stored(result.boxes.xyxy, img.width, img.height, img.orientation),
+                 [str(label) for label in result.boxes.labels]))
+            record.status = STATUS_OK
+            self.ms.update(int((time.perf_counter() - start) * 1000))
+        if self.config.add_boxes:
+            for k, per_image in boxes.items():
+                self._add_box_features(feature, k, per_image)
+
+    def _add_box_features(self, feature, image_key: str, per_image: list) -> None:
+        prefix = (image_key[:-len("encoded")] if image_key.endswith("encoded")
+                  else image_key + "/") + "anonymized/"
+        xyxy = np.concatenate([b for _, b, _ in per_image]).reshape(-1, 4)
+        tf_train = self.train
+        for col, name in enumerate(("xmin", "ymin", "xmax", "ymax")):
+            feature[prefix + "bbox/" + name].CopyFrom(tf_train.Feature(
+                float_list=tf_train.FloatList(value=xyxy[:, col].tolist())))
+        feature[prefix + "label"].CopyFrom(tf_train.Feature(bytes_list=tf_train.BytesList(
+            value=[label.encode() for _, _, labels in per_image for label in labels])))
+        if len(per_image) > 1:
+            feature[prefix + "bbox/image_index"].CopyFrom(tf_train.Feature(
+                int64_list=tf_train.Int64List(
+                    value=[i for i, b, _ in per_image for _ in range(len(b))])))
+
+    def _write_debug(self, key, original, result):
+        safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in key)
+        super()._write_debug(safe, original, result)
+
+
+class AnonymizeExamples(beam.PTransform):
+    """``(path, rel, index, bytes | None, error | None)`` from :class:`ReadTFRecordShards` ->
+    ``(Example bytes | None, raw record | None, [ManifestRecord])``. ``anonymizer_factory``
+    and ``debug_dir`` as in :class:`beam_anon.transforms.AnonymizeImages`."""
+
+    def __init__(self, settings, config: TFRecordConfig = TFRecordConfig(),
+                 models_dir: str | None = None, debug_dir: str | None = None,
+                 anonymizer_factory=None):
+        super().__init__()
+        self.fn = _AnonymizeExampleFn(settings, models_dir, anonymizer_factory or
+                                      _default_factory, debug_dir, config)
+
+    def expand(self, pcoll):
+        return pcoll | "AnonymizeExamples" >> beam.ParDo(self.fn)
+
+
+# --- writing ------------------------------------------------------------------------------------
+
+def suffix_for(compression: str) -> str:
+    return ".tfrecord" + {"gzip": ".gz", "deflate": ".deflate"}.get(compression, "")
+
+
+def _final_records(element, output_glob: str, written: list):
+    _, _, records = element
+    for r in records:
+        yield dataclasses.replace(r, output=output_glob) if r.ok else r
+
+
+class WriteTFRecords(beam.PTransform):
+    """``(Example bytes | None, raw | None, [ManifestRecord]) -> ManifestRecord``.
+
+    Writes ok Examples to ``OUTPUT/data-SSSSS-of-NNNNN.tfrecord[.gz]`` (``num_shards`` 0: the
+    runner decides), with ``dead_letter`` the raw failed records to
+    ``OUTPUT/dead_letter-SSSSS-of-NNNNN.tfrecord[.gz]``, and every record to
+    ``OUTPUT/manifest.jsonl`` only after those files are final. ``compression``: ``uncompressed``,
+    ``gzip`` or ``deflate``."""
+
+    def __init__(self, output_dir: str, num_shards: int = 0, compression: str = "uncompressed",
+                 dead_letter: bool = False):
+        super().__init__()
+        if compression not in COMPRESSIONS or compression == "auto":
+            raise ValueError(f"output compression {compression!r}: uncompressed, gzip or deflate")
+        self.output_dir, self.num_shards = output_dir, num_shards
+        self.compression, self.dead_letter = compression, dead_letter
+
+    def _write(self, pcoll, name: str):
+        return pcoll | f"Write_{name}" >> WriteToTFRecord(
+            FileSystems.join(self.output_dir, name), file_name_suffix=suffix_for(self.compression),
+            num_shards=self.num_shards, compression_type=COMPRESSIONS[self.compression])
+
+    def expand(self, pcoll):
+        written = [self._write(pcoll | "OkBytes" >> beam.FlatMap(
+            lambda e: [e[0]] if e[0] is not None else []), "data")]
+        if self.dead_letter:
+            written.append(self._write(pcoll | "DeadBytes" >> beam.FlatMap(
+                lambda e: [e[1]] if e[0] is None and e[1] is not None else []), "dead_letter"))
+        files = tuple(written) | "Written" >> beam.Flatten()
+        output_glob = FileSystems.join(self.output_dir, "data-*" + suffix_for(self.compression))
+        records = pcoll | "Records" >> beam.FlatMap(_final_records, output_glob,
+                                                    beam.pvalue.AsList(files))
+        _ = (records
+             | "ToJson" >> beam.Map(ManifestRecord.to_json)
+             | "WriteManifest" >> beam.io.WriteToText(
+                 manifest_path(self.output_dir), shard_name_template=""))
+        return records
+
+
+# --- command line -------------------------------------------------------------------------------
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+class TFRecordOptions(beam.options.pipeline_options.PipelineOptions):
+    """Options of ``pipelines.anonymize`` for ``--input_format tfrecord``."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--input_format", choices=("images", "tfrecord"), default="images",
+                            help="images: --input matches image files; tfrecord: --input "
+                            "matches TFRecord shards of tf.train.Example (default: %(default)s)")
+        parser.add_argument("--image_keys", default="image/encoded", help="tfrecord: comma-"
+                            "separated bytes features holding the images; every one must be "
+                            "present (default: %(default)s)")
+        parser.add_argument("--key_features", default="image/filename,image/source_id",
+                            help="tfrecord: features naming an Example in the manifest, first "
+                            "present wins, else SHARD#INDEX (default: %(default)s)")
+        parser.add_argument("--tfrecord_compression", choices=tuple(COMPRESSIONS),
+                            default="auto", help="tfrecord input compression; auto: by "
+                            "extension (.gz, .deflate) or gzip magic (default: %(default)s)")
+        parser.add_argument("--output_compression", default=None,
+                            choices=("uncompressed", "gzip", "deflate"),
+                            help="tfrecord output compression (default: same as the input)")
+        parser.add_argument("--num_shards", type=int, default=0, help="tfrecord output shards; "
+                            "0 lets the runner decide (default: %(default)s)")
+        parser.add_argument("--tfrecord_add_boxes", action="store_true", help="tfrecord: add "
+                            "the blurred boxes as image/anonymized/bbox/{xmin,ymin,xmax,ymax} "
+                            "(normalized) and image/anonymized/label features")
+        parser.add_argument("--tfrecord_keep_other_images", action="store_true",
+                            help="tfrecord: write Examples whose other bytes features hold "
+                            "JPEG/PNG data (masks...) unchanged instead of failing them")
+        parser.add_argument("--dead_letter", action="store_true", help="tfrecord: write the raw "
+                            "records of failed Examples to OUTPUT/dead_letter-*.tfrecord")
+
+    def config(self) -> TFRecordConfig:
+        return TFRecordConfig(_csv(self.image_keys), _csv(self.key_features),
+                              bool(self.tfrecord_add_boxes), bool(self.tfrecord_keep_other_images))
+
+
+def resolve_output_compression(pattern: str, compression: str, output: str | None) -> str:
+    """``output`` if given; else the input's: explicit, else detected from the glob's extension,
+    else (local globs) from the first matching shard; else uncompressed."""
+    if output:
+        return output
+    if compression != "auto":
+        return compression
+    names = {v: k for k, v in COMPRESSIONS.items()}
+    detected = CompressionTypes.detect_compression_type(pattern)
+    if detected == CompressionTypes.UNCOMPRESSED and "://" not in pattern:
+        matched = FileSystems.match([pattern])[0].metadata_list
+        if matched:
+            detected = shard_compression(matched[0].path, "auto")
+    return names.get(detected, "uncompressed")
+
+
+def build(pipeline, opts, anonymizer_factory=None):
+    """read shards -> anonymize Examples -> write shards + manifest, for the CLI's options."""
+    t = opts.view_as(TFRecordOptions)
+    if not t.config().image_keys:
+        raise SystemExit("--image_keys names no feature")
+    out_compression = resolve_output_compression(opts.input, t.tfrecord_compression,
+                                                  t.output_compression)
+    return (pipeline
+            | "ReadTFRecords" >> ReadTFRecordShards(opts.input, t.tfrecord_compression)
+            | "AnonymizeExamples" >> AnonymizeExamples(opts.settings(), t.config(),
+                                                       opts.models_dir, opts.debug_dir,
+                                                       anonymizer_factory)
+            | "WriteTFRecords" >> WriteTFRecords(opts.output, t.num_shards, out_compression,
+                                                 t.dead_letter))

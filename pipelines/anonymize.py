@@ -108,6 +108,11 @@ class AnonymizeOptions(PipelineOptions):
         parser.add_argument("--debug_dir", default=None, help="write per-image debug views here "
                             "(ORIGINAL, un-anonymized pixels with every detection drawn); must "
                             "not be inside --output")
+        parser.add_argument("--skip_existing", type=_bool, nargs="?", const=True,
+                            default=False, metavar="BOOL", help="rerun into the same --output: "
+                            "inputs whose output and record (OUTPUT/.records) exist from a run "
+                            "with the same settings and models are not processed again; the "
+                            "manifest still lists every input once (default: %(default)s)")
         for f in dataclasses.fields(Settings):
             _settings_argument(parser, f)
 
@@ -156,8 +161,9 @@ def build(pipeline: beam.Pipeline, opts: AnonymizeOptions, anonymizer_factory=No
         return tfrecords.build(pipeline, opts, anonymizer_factory)
     return (pipeline
             | "ReadImages" >> ReadImages(opts.input)
-            | "AnonymizeImages" >> AnonymizeImages(opts.settings(), opts.models_dir,
-                                                   opts.debug_dir, anonymizer_factory)
+            | "AnonymizeImages" >> AnonymizeImages(
+                opts.settings(), opts.models_dir, opts.debug_dir, anonymizer_factory,
+                skip_existing_in=opts.output if opts.skip_existing else None)
             | "WriteAnonymized" >> WriteAnonymized(opts.output))
 
 
@@ -168,7 +174,8 @@ def summary(result, opts: AnonymizeOptions) -> str:
         value = c.committed if c.committed is not None else c.attempted
         counts[c.key.metric.name] = counts.get(c.key.metric.name, 0) + int(value or 0)
     images, failed = counts.get("images", 0), counts.get("images_failed", 0)
-    return (f"beam_anon: {images} images, {images - failed} ok, {failed} failed, "
+    skipped = f" ({counts['images_skipped']} skipped)" if counts.get("images_skipped") else ""
+    return (f"beam_anon: {images} images, {images - failed} ok{skipped}, {failed} failed, "
             f"{counts.get('faces', 0)} faces and {counts.get('plates', 0)} plates blurred -> "
             f"{opts.output} (manifest: {manifest_path(opts.output)})")
 

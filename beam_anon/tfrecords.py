@@ -4,28 +4,25 @@
       | AnonymizeExamples(settings, TFRecordConfig())     # (new bytes|None, raw|None, [records])
       | WriteTFRecords("/out", num_shards=8)              # OUTPUT/data-*.tfrecord[.gz] + manifest
 
-Contract
-* Records are read with Beam's FileSystems (any compression Beam knows, ``auto`` by extension or
-  gzip magic) and checked with the TFRecord CRCs. A record whose data CRC fails becomes a failed
-  manifest record (its raw bytes go to the dead letters); a bad length CRC, a truncated or an
-  undecompressible shard gives one failed record for the rest of that shard. Nothing crashes.
-* Each Example is parsed with ``tf.train.Example``; for every configured image key every value
-  of its ``bytes_list`` is decoded, anonymized by the shared per-image core
-  (:meth:`beam_anon.transforms.AnonymizeFn.anonymize_pixels`) and re-encoded in the same format,
-  in the same stored orientation as the input (``tf.io.decode_jpeg`` ignores EXIF, so the
-  dataset's own boxes keep matching). Every other feature is left as parsed and reserialized.
-* Fail closed, per Example: a missing image key, an undecodable image, a detector error, or an
-  image-looking (JPEG/PNG) value under another key (unless ``keep_other_images``) fails the
-  whole Example: it is not written; its manifest records are ``failed``.
-* Manifest: one record per image. ``input`` is ``<shard path>#<record index>``; ``key`` is the
-  first present ``key_features`` value (``image/filename``, ``image/source_id``) else
-  ``<shard path relative to the glob>#<index>``; with several image keys or several values
-  per key, ``|<image key>[<value index>]`` is appended. ``output`` is the output dataset's glob.
-* ``add_boxes``: the blurred boxes are added as ``<p>anonymized/bbox/{xmin,ymin,xmax,ymax}``
-  (float, normalized to the stored image) and ``<p>anonymized/label`` (bytes), where ``<p>`` is
-  the image key without its trailing ``encoded`` (``image/encoded`` -> ``image/``), a key not
-  ending in ``encoded`` gets ``/`` appended; ``<p>anonymized/bbox/image_index`` (int) is added
-  when a key holds several images. Existing features of those names are replaced.
+* Reading: Beam FileSystems (compression explicit, or ``auto``: extension, then gzip magic) and
+  the TFRecord CRCs. A data-CRC failure fails that record (raw bytes kept for dead letters); a
+  bad length CRC, truncation or a broken compressed stream fails "the rest of the shard" as one
+  record. Nothing crashes the pipeline.
+* Each image (every value of every ``image_keys`` feature) goes through the shared per-image
+  core (:meth:`beam_anon.transforms.AnonymizeFn.anonymize_pixels`) and is re-encoded in its own
+  format and its stored orientation (``tf.io.decode_jpeg`` ignores EXIF, so the dataset's boxes
+  keep matching). Every other feature is left as parsed and reserialized.
+* Fail closed per Example: a missing image key, an undecodable image, a detector error, or
+  JPEG/PNG bytes under an unlisted key (unless ``keep_other_images``) -> the Example is not
+  written and all its manifest records are ``failed``.
+* Manifest: one record per image; ``input`` = ``<shard path>#<index>``; ``key`` = the first
+  present ``key_features`` value, else ``<shard relative to the glob>#<index>``, plus
+  ``|<image key>[<value index>]`` when an Example holds several images; ``output`` = the
+  output dataset's glob.
+* ``add_boxes``: ``<p>anonymized/bbox/{xmin,ymin,xmax,ymax}`` (normalized to the stored image),
+  ``<p>anonymized/label`` and, for several images under one key, ``<p>anonymized/bbox/
+  image_index``; ``<p>`` is the image key minus a trailing ``encoded`` (``image/``), else the key
+  plus ``/``. Features of those names are replaced.
 """
 from __future__ import annotations
 
@@ -431,6 +428,8 @@ def build(pipeline, opts, anonymizer_factory=None):
     t = opts.view_as(TFRecordOptions)
     if not t.config().image_keys:
         raise SystemExit("--image_keys names no feature")
+    if getattr(opts, "skip_existing", False):
+        raise SystemExit("--skip_existing is for image folders; TFRecord output is rewritten whole")
     out_compression = resolve_output_compression(opts.input, t.tfrecord_compression,
                                                   t.output_compression)
     return (pipeline

@@ -330,3 +330,26 @@ def test_real_models_on_real_images(tmp_path):
         total += len(boxes)
         _changed_only_inside(data, new.bytes_list.value[0], boxes, Settings().jpeg_quality)
     assert total >= 5 and any(b["label"] == "plate" for r in records.values() for b in r.boxes)
+
+
+def test_exif_rotated_image_keeps_its_stored_orientation(tmp_path):
+    """tf.io.decode_jpeg ignores EXIF: the output must keep the stored pixel layout, or the
+    dataset's own boxes would no longer match."""
+    src = tmp_path / "in"
+    src.mkdir()
+    stored = np.full((30, 80, 3), 200, np.uint8)
+    stored[:, :10] = 0  # a dark left edge as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    Image.fromarray(stored).save(buf, "JPEG", quality=95, exif=exif.tobytes())
+    _write_tfrecord(src / "r.tfrecord", [_example(buf.getvalue(), "rot.jpg")])
+    out = tmp_path / "out"
+    cli.main(["--input_format", "tfrecord", "--input", f"{src}/*", "--output", str(out), RUNNER],
+             anonymizer_factory=fake_factory)
+    rec = _manifest(out)["rot.jpg"]
+    assert rec.ok and (rec.width, rec.height) == (30, 80)  # the manifest speaks upright pixels
+    [raw] = _read_tfrecords(f"{out}/data-*")
+    img = tf.io.decode_jpeg(tf.train.Example.FromString(raw).features.feature[
+        "image/encoded"].bytes_list.value[0]).numpy()
+    assert img.shape == (30, 80, 3) and img[15, 3].max() < 40 and img[15, 70].min() > 150

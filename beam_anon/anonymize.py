@@ -16,7 +16,7 @@ import numpy as np
 from beam_anon.blur import blur_boxes
 from beam_anon.boxes import Detections, clip, expand, fuse, map_to_image
 from beam_anon.detectors import Detector
-from beam_anon.regions import Crop, plan_crops
+from beam_anon.regions import Crop, plan_crops, stage1_regions
 from beam_anon.settings import Settings
 
 
@@ -70,8 +70,10 @@ class Anonymizer:
             raise ValueError(f"Anonymizer: no detector loaded for {missing}")
         self.settings = settings
         self.stage1 = detectors[settings.stage1_model] if settings.stage1_model else None
-        self.stage2 = ([(detectors[n], settings.face_threshold) for n in settings.face_models]
-                       + [(detectors[n], settings.plate_threshold) for n in settings.plate_models])
+        #: (detector, role, minimum score) for every stage-2 model
+        self.stage2 = [(detectors[n], role, settings.threshold(n, role))
+                       for role, names in (("face", settings.face_models),
+                                           ("plate", settings.plate_models)) for n in names]
         self.detectors = {n: detectors[n] for n in settings.model_names()}
 
     def models(self) -> list[dict]:
@@ -88,15 +90,22 @@ class Anonymizer:
         timings["stage1"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        regions, crops = plan_crops(stage1, width, height, self.settings)
-        cut = [cut_crop(image, c) for c in crops]
+        regions = stage1_regions(stage1, width, height, self.settings)
+        plans = {role: plan_crops(regions, width, height, self.settings, role)
+                 for role in ("face", "plate")}
+        cut: dict[Crop, tuple[np.ndarray, tuple[float, float]]] = {}
         found = []
-        for detector, threshold in self.stage2:
-            per_crop = detector.detect_batch([pixels for pixels, _ in cut], threshold)
-            found += [map_to_image(d, c.offset, s) for d, c, (_, s) in zip(per_crop, crops, cut)]
+        for detector, role, threshold in self.stage2:
+            crops = plans[role]
+            for c in crops:
+                if c not in cut:
+                    cut[c] = cut_crop(image, c)
+            per_crop = detector.detect_batch([cut[c][0] for c in crops], threshold)
+            found += [map_to_image(d, c.offset, cut[c][1]) for d, c in zip(per_crop, crops)]
         stage2 = clip(Detections.concat(found), width, height)
         fused = fuse(stage2, self.settings.nms_iou)
         timings["stage2"] = time.perf_counter() - t
+        crops = list(dict.fromkeys(plans["face"] + plans["plate"]))
         return fused, DebugInfo(stage1, regions, crops, stage2), timings
 
     def run(self, image: np.ndarray, keep_debug: bool = False) -> AnonymizeResult:

@@ -73,18 +73,20 @@ def region_crops(regions: np.ndarray, settings: Settings) -> list[Crop]:
     return crops
 
 
-def full_frame_crops(width: int, height: int, settings: Settings) -> list[Crop]:
-    """Tiles over the whole image at scale ``full_frame_scale`` (tiles measured in image px)."""
-    size = max(32, int(settings.full_frame_tile / settings.full_frame_scale))
-    return [Crop(t, settings.full_frame_scale, "full_frame")
-            for t in tile((0, 0, width, height), size)]
+def full_frame_crops(width: int, height: int, settings: Settings, scale: float) -> list[Crop]:
+    """Tiles over the whole image, resized by ``scale`` to ``full_frame_tile`` pixels a side."""
+    size = max(32, int(settings.full_frame_tile / scale))
+    return [Crop(t, scale, "full_frame") for t in tile((0, 0, width, height), size)]
 
 
-def plan_crops(stage1: Detections, width: int, height: int,
-               settings: Settings) -> tuple[np.ndarray, list[Crop]]:
-    """The whole crop plan for one image: (merged regions xyxy, crops to run stage 2 on)."""
-    regions = stage1_regions(stage1, width, height, settings)
-    crops = region_crops(regions, settings)
-    if settings.full_frame:
-        crops += full_frame_crops(width, height, settings)
-    return regions, crops
+def plan_crops(regions: np.ndarray, width: int, height: int, settings: Settings,
+               role: str) -> list[Crop]:
+    """Crops stage 2 runs on for ``role`` (``face`` | ``plate``): the full-frame passes at the
+    role's scales, plus the region crops upscaled beyond the largest of them (a region at a
+    smaller scale is already seen whole by an overlapping full-frame tile)."""
+    scales = settings.full_frame_scales(role)
+    covered = max(scales, default=0.0)
+    crops = [c for c in region_crops(regions, settings) if c.scale > covered]
+    for scale in scales:
+        crops += full_frame_crops(width, height, settings, scale)
+    return crops

@@ -17,7 +17,7 @@ class Settings:
     # models (registry names, see models/registry.json)
     stage1_model: str | None = "yolov8n-coco"
     face_models: tuple[str, ...] = ("yunet", "centerface")
-    plate_models: tuple[str, ...] = ("platedet-yolov8s",)
+    plate_models: tuple[str, ...] = ("platedet-yolov8s", "clpdet")
     # stage 1
     stage1_classes: tuple[str, ...] = DEFAULT_STAGE1_CLASSES
     stage1_threshold: float = 0.25
@@ -33,10 +33,13 @@ class Settings:
     # full-frame stage-2 pass so stage-1 misses do not become privacy misses
     full_frame: bool = True
     full_frame_tile: int = 960             # tile side in pixels as stage 2 sees it
-    full_frame_scale: float = 1.0          # resize factor of the full-frame tiles
-    # stage 2
+    # resize factors of the full-frame passes, per role (2.0 = tiles upscaled 2x: small faces)
+    face_full_frame_scales: tuple[float, ...] = (1.0, 2.0)
+    plate_full_frame_scales: tuple[float, ...] = (1.0,)
+    # stage 2 minimum scores: per role, overridden per model by "name=score" entries
     face_threshold: float = 0.5
-    plate_threshold: float = 0.35
+    plate_threshold: float = 0.4
+    model_thresholds: tuple[str, ...] = ("centerface=0.3", "yunet=0.6")
     nms_iou: float = 0.4
     # blur
     blur_mode: str = "gaussian"            # gaussian | pixelate | solid
@@ -57,6 +60,21 @@ class Settings:
     def fingerprint(self) -> str:
         """Stable JSON of every setting (for the manifest and skip-existing checks)."""
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    def threshold(self, model: str, role: str) -> float:
+        """Minimum score for ``model`` (registry name) in ``role`` (``face`` | ``plate``)."""
+        for entry in self.model_thresholds:
+            name, _, value = entry.partition("=")
+            if name.strip() == model:
+                return float(value)
+        return self.face_threshold if role == "face" else self.plate_threshold
+
+    def full_frame_scales(self, role: str) -> tuple[float, ...]:
+        """Scales of the full-frame passes for ``role``; empty when the pass is off."""
+        if not self.full_frame:
+            return ()
+        return tuple(self.face_full_frame_scales if role == "face"
+                     else self.plate_full_frame_scales)
 
     def model_names(self) -> tuple[str, ...]:
         names = (self.stage1_model,) if self.stage1_model else ()

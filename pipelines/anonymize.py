@@ -51,9 +51,13 @@ SETTINGS_HELP = {
     "full_frame": "also run stage 2 on the whole image in tiles, so stage-1 misses are not "
                   "privacy misses (true/false)",
     "full_frame_tile": "full-frame tile side in pixels as stage 2 sees it",
-    "full_frame_scale": "resize factor of the full-frame tiles",
+    "face_full_frame_scales": "comma-separated resize factors of the full-frame face passes "
+                              "(2 = tiles upscaled 2x, finds smaller faces, costs 4x)",
+    "plate_full_frame_scales": "comma-separated resize factors of the full-frame plate passes",
     "face_threshold": "face minimum score, 0-1 (lower blurs more)",
     "plate_threshold": "licence-plate minimum score, 0-1 (lower blurs more)",
+    "model_thresholds": "per-model minimum scores overriding the two above, e.g. "
+                        "centerface=0.3,yunet=0.6",
     "nms_iou": "duplicate boxes overlapping more than this IoU are fused",
     "blur_mode": "how boxes are made unrecognizable: " + " | ".join(BLUR_MODES),
     "blur_margin_fraction": "each box grows by this fraction of its size per side before blurring",
@@ -82,9 +86,10 @@ def _settings_argument(parser, f: dataclasses.Field) -> None:
     if isinstance(default, bool):
         kw.update(type=_bool, nargs="?", const=True, metavar="BOOL")
     elif isinstance(default, tuple):
-        kw.update(type=lambda s: tuple(x.strip() for x in s.split(",") if x.strip()),
-                  metavar="A,B", default=",".join(default))
-        kw["help"] = f"{SETTINGS_HELP[f.name]} (default: {','.join(default)})"
+        item = type(default[0]) if default else str
+        kw.update(type=lambda s: tuple(item(x.strip()) for x in s.split(",") if x.strip()),
+                  metavar="A,B", default=",".join(map(str, default)))
+        kw["help"] = f"{SETTINGS_HELP[f.name]} (default: {','.join(map(str, default))})"
     elif "None" in str(f.type):
         kw.update(type=lambda s: None if s.strip().lower() in ("", "none") else s.strip())
     else:
@@ -122,9 +127,10 @@ class AnonymizeOptions(PipelineOptions):
         for f in dataclasses.fields(Settings):
             value = values[f.name]
             if isinstance(f.default, tuple):
+                item = type(f.default[0]) if f.default else str
                 if isinstance(value, str):
                     value = value.split(",")
-                value = tuple(x.strip() for x in value if x.strip())
+                value = tuple(item(str(x).strip()) for x in value if str(x).strip())
             fields[f.name] = value
         return Settings(**fields)
 

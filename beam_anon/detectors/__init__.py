@@ -55,15 +55,25 @@ def build_detector(spec: dict, model_dir: str) -> Detector:
     return det
 
 
-def ort_session(model):
-    """onnxruntime session for a path or serialized model: CUDA if available, else CPU (never
-    Azure); intra-op threads from ``$BEAM_ANON_THREADS`` (0 = onnxruntime's default)."""
+def threads() -> int:
+    """Threads per model from ``$BEAM_ANON_THREADS``: default 1, since Beam scales out with one
+    worker process per core (Dataflow, ``--direct_num_workers``) and more threads per process
+    then only contend; 0 = the runtime's default (all cores), for one process on a whole machine."""
     import os
 
+    return int(os.environ.get("BEAM_ANON_THREADS") or 1)
+
+
+def ort_session(model):
+    """onnxruntime session for a path or serialized model: CUDA if available, else CPU (never
+    Azure); intra-op threads from :func:`threads`, no busy-waiting between operators."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = int(os.environ.get("BEAM_ANON_THREADS") or 0)
+    options.intra_op_num_threads = threads()
+    options.inter_op_num_threads = 1
+    # spinning threads burn the cores the other workers need
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
     available = ort.get_available_providers()
     providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]

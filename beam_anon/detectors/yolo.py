@@ -21,9 +21,21 @@ from beam_anon.detectors import Detector, ort_session
 MAX_CANDIDATES = 3000
 
 
+def _first_output_only(path: str) -> str | bytes:
+    """The model cut down to what ``output0`` needs: a segmentation model's mask-prototype
+    branch is otherwise computed on every run and thrown away (same ``output0``, bit for bit)."""
+    import onnx
+
+    model = onnx.load(path)
+    if len(model.graph.output) == 1:
+        return path
+    names = ([i.name for i in model.graph.input], [model.graph.output[0].name])
+    return onnx.utils.Extractor(model).extract_model(*names).SerializeToString()
+
+
 class YoloV8(Detector):
     def __init__(self, spec: dict, model_dir: str):
-        self.session = ort_session(os.path.join(model_dir, spec["main_file"]))
+        self.session = ort_session(_first_output_only(os.path.join(model_dir, spec["main_file"])))
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.output_name = self.session.get_outputs()[0].name

@@ -15,7 +15,7 @@ import sys
 import numpy as np
 
 from beam_anon.boxes import Detections
-from beam_anon.detectors import Detector
+from beam_anon.detectors import Detector, threads
 
 
 class YuNet(Detector):
@@ -29,8 +29,21 @@ class YuNet(Detector):
         path = os.path.join(model_dir, ext[0])
         # the init function is PyInit_yuface, so the module's last name component is "yuface"
         mod_spec = importlib.util.spec_from_file_location("beam_anon_vendor.yuface", path)
-        module = importlib.util.module_from_spec(mod_spec)
-        mod_spec.loader.exec_module(module)
+        # its bundled OpenMP reads OMP_NUM_THREADS once, when loaded (module_from_spec);
+        # busy-waiting OpenMP threads slow it several times over on a shared or oversubscribed machine
+        saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
+        if saved["OMP_NUM_THREADS"] is None and threads() > 0:
+            os.environ["OMP_NUM_THREADS"] = str(threads())
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        try:
+            module = importlib.util.module_from_spec(mod_spec)
+            mod_spec.loader.exec_module(module)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
         self._detect = module.detect
 
     def detect(self, image: np.ndarray, min_score: float) -> Detections:

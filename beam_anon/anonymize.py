@@ -28,6 +28,8 @@ class DebugInfo:
     regions: np.ndarray          # merged, padded stage-1 regions (xyxy)
     crops: list[Crop]
     stage2: Detections           # raw stage-2 boxes mapped back, before fusion and margin
+    #: fused detections in [threshold - review_band, threshold): not blurred, for review
+    near_misses: Detections = field(default_factory=Detections.empty)
 
 
 @dataclass
@@ -36,6 +38,7 @@ class AnonymizeResult:
     boxes: Detections            # regions actually blurred (pixels, labels face | plate)
     debug: DebugInfo | None
     timings: dict[str, float] = field(default_factory=dict)  # seconds per step
+    review: dict | None = None   # beam_anon.verify.review_entry: why a person should look
 
 
 def cut_crop(image: np.ndarray, crop: Crop) -> tuple[np.ndarray, tuple[float, float]]:
@@ -94,19 +97,23 @@ class Anonymizer:
         plans = {role: plan_crops(regions, width, height, self.settings, role)
                  for role in ("face", "plate")}
         cut: dict[Crop, tuple[np.ndarray, tuple[float, float]]] = {}
-        found = []
+        found, near = [], []
         for detector, role, threshold in self.stage2:
             crops = plans[role]
             for c in crops:
                 if c not in cut:
                     cut[c] = cut_crop(image, c)
-            per_crop = detector.detect_batch([cut[c][0] for c in crops], threshold)
-            found += [map_to_image(d, c.offset, cut[c][1]) for d, c in zip(per_crop, crops)]
+            low = min(threshold, max(threshold - self.settings.review_band, 1e-3))
+            per_crop = detector.detect_batch([cut[c][0] for c in crops], low)
+            mapped = [map_to_image(d, c.offset, cut[c][1]) for d, c in zip(per_crop, crops)]
+            found += [d[d.scores >= threshold] for d in mapped]
+            near += [d[d.scores < threshold] for d in mapped]
         stage2 = clip(Detections.concat(found), width, height)
+        near_misses = fuse(clip(Detections.concat(near), width, height), self.settings.nms_iou)
         fused = fuse(stage2, self.settings.nms_iou)
         timings["stage2"] = time.perf_counter() - t
         crops = list(dict.fromkeys(plans["face"] + plans["plate"]))
-        return fused, DebugInfo(stage1, regions, crops, stage2), timings
+        return fused, DebugInfo(stage1, regions, crops, stage2, near_misses), timings
 
     def run(self, image: np.ndarray, keep_debug: bool = False) -> AnonymizeResult:
         """Detect and blur. ``image``: upright uint8 BGR (H, W, 3). Never modifies ``image``.
@@ -123,12 +130,16 @@ class Anonymizer:
                 np.asarray(debug.regions).reshape(-1, 4) / np.array([sx, sy, sx, sy]),
                 [Crop((round(c.xyxy[0] / sx), round(c.xyxy[1] / sy), round(c.xyxy[2] / sx),
                        round(c.xyxy[3] / sy)), c.scale * sx, c.source) for c in debug.crops],
-                map_to_image(debug.stage2, (0, 0), scale))
+                map_to_image(debug.stage2, (0, 0), scale),
+                map_to_image(debug.near_misses, (0, 0), scale))
         blurred_boxes = clip(expand(found, self.settings.blur_margin_fraction, 1.0), width, height)
         t = time.perf_counter()
         out = blur_boxes(image, blurred_boxes, self.settings.blur_mode, self.settings.blur_strength)
         timings["blur"] = time.perf_counter() - t
-        return AnonymizeResult(out, blurred_boxes, debug if keep_debug else None, timings)
+        from beam_anon import verify  # verify imports this module
+        out, blurred_boxes, review = verify.check(self, out, blurred_boxes, debug.near_misses,
+                                                  timings)
+        return AnonymizeResult(out, blurred_boxes, debug if keep_debug else None, timings, review)
 
 
 def load_anonymizer(settings: Settings, models_dir: str | None = None) -> Anonymizer:

@@ -45,6 +45,11 @@ class Settings:
     blur_mode: str = "gaussian"            # gaussian | pixelate | solid
     blur_margin_fraction: float = 0.15     # each box grows by this fraction of its size per side
     blur_strength: float = 0.25            # gaussian sigma / pixelate cell as a fraction of box size
+    # verification pass and review queue (beam_anon.verify)
+    verify: bool = True                    # re-detect on the blurred output, blur what survives
+    verify_threshold: float = 0.6          # verification hit: score >= max(this, model threshold)
+    verify_rounds: int = 2                 # re-blur rounds (strength doubles each) before review
+    review_band: float = 0.1               # detections in [threshold - band, threshold): review
     # output
     jpeg_quality: int = 95
     keep_metadata: bool = False

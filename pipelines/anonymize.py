@@ -62,6 +62,14 @@ SETTINGS_HELP = {
     "blur_mode": "how boxes are made unrecognizable: " + " | ".join(BLUR_MODES),
     "blur_margin_fraction": "each box grows by this fraction of its size per side before blurring",
     "blur_strength": "gaussian sigma / pixelate cell as a fraction of the box's long side",
+    "verify": "verification pass: run the face and plate detectors again on the blurred image "
+              "and blur what they still find, more strongly each round (true/false)",
+    "verify_threshold": "verification hit: a detection on the blurred image scoring at least "
+                        "this (and at least the model's own threshold), 0-1",
+    "verify_rounds": "re-blur rounds (blur strength doubles each round); still detected after "
+                     "the last round -> the record needs review",
+    "review_band": "detections scoring within this much below their threshold are not blurred "
+                   "but put the image in OUTPUT/review.jsonl (0 = off)",
     "jpeg_quality": "JPEG output quality, 1-100",
     "keep_metadata": "keep allow-listed EXIF (capture time, exposure; never GPS, camera, serial "
                      "numbers or thumbnail; see beam_anon.image_io) (true/false)",

@@ -1,0 +1,149 @@
+"""Verification pass and review entries: does anything still look like a face or plate after the blur?
+
+After :class:`beam_anon.anonymize.Anonymizer` blurs an image, :func:`verify_blur` runs the same
+stage-2 detectors again on the **anonymized** pixels: full-frame tiles at scale 1, plus every
+blurred region cut out with context (:data:`CONTEXT_FRACTION` of its size per side) and upscaled
+like stage-1 regions are (:func:`beam_anon.regions.region_crops`; nearby regions merged, and
+crops that would not be upscaled skipped: the tiles see those). A detection scoring at least
+``max(settings.verify_threshold, the model's own threshold)`` is a *hit*:
+
+* a hit over a blurred region means the blur left something detectable: that region and the hit
+  are blurred again, with ``blur_strength * 2**round``;
+* a hit elsewhere is something new (the blur changed its context, or the tiling differs): it is
+  blurred too (margin included) and added to the blurred boxes.
+
+At most ``settings.verify_rounds`` such rounds; a round with no hit ends it. If the last check
+still finds hits the image *needs review*: the review entry says so with the boxes concerned.
+Units: boxes are xyxy pixels of the image given; scores in [0, 1].
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from beam_anon.blur import blur_boxes
+from beam_anon.boxes import Detections, clip, expand, fuse, map_to_image, merge_regions
+from beam_anon.regions import full_frame_crops, region_crops
+
+CONTEXT_FRACTION = 0.5     # context around a blurred region when it is re-checked, per side
+COVERED_FRACTION = 0.9     # a hit this much inside a blurred box adds no new box
+
+# review reasons (manifest ``review.reasons``, review.jsonl ``reasons``)
+NEAR_THRESHOLD = "near_threshold"    # a detection within review_band below its threshold
+VERIFY_REBLURRED = "verify_reblurred"  # verification found something and blurred it (again)
+VERIFY_SURVIVED = "verify_survived"  # still detected after the last round: needs review
+FAILED = "failed"                    # the image failed; nothing was written
+
+
+@dataclass
+class VerifyResult:
+    image: np.ndarray        # final anonymized copy
+    boxes: Detections        # every region blurred (the first pass's plus the ones added)
+    fixed: Detections        # hits that were blurred (again) in some round
+    survived: Detections     # hits still detected after the last round (empty when clean)
+    rounds: int              # fix rounds applied (0 = the first check was clean)
+
+    @property
+    def needs_review(self) -> bool:
+        return len(self.survived) > 0
+
+
+def _covered(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N, M) fraction of each box in ``a`` that lies inside each box in ``b`` (xyxy arrays)."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
+    area = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=1)
+    return inter / np.maximum(area[:, None], 1e-9)
+
+
+def detect_again(anonymizer, image: np.ndarray, boxes: Detections) -> Detections:
+    """Verification hits in ``image`` (already anonymized): stage-2 detections scoring at least
+    ``max(verify_threshold, model threshold)`` on full-frame tiles at scale 1 and on each box of
+    ``boxes`` cut with context and upscaled; fused, in image pixels."""
+    from beam_anon.anonymize import cut_crop, detection_copy  # anonymize imports this module
+
+    settings = anonymizer.settings
+    full_height, full_width = image.shape[:2]
+    image, scale = detection_copy(image, settings.detect_max_pixels)  # bounded, like detect()
+    height, width = image.shape[:2]
+    context = clip(expand(map_to_image(boxes, (0, 0), (1 / scale[0], 1 / scale[1])),
+                          CONTEXT_FRACTION, 4.0), width, height)
+    regions = merge_regions(context.xyxy, width, height, settings.merge_iou,
+                            settings.merge_small_fraction, settings.merge_gap_fraction)
+    # a region crop at scale 1 would only repeat what the full-frame tiles see
+    crops = full_frame_crops(width, height, settings, 1.0) + [
+        c for c in region_crops(regions, settings) if c.scale > 1.0]
+    cut = [cut_crop(image, c) for c in crops]
+    found = []
+    for detector, _role, threshold in anonymizer.stage2:
+        per_crop = detector.detect_batch([px for px, _ in cut],
+                                         max(settings.verify_threshold, threshold))
+        found += [map_to_image(d, c.offset, s) for d, c, (_, s) in zip(per_crop, crops, cut)]
+    hits = map_to_image(fuse(Detections.concat(found), settings.nms_iou), (0, 0), scale)
+    return clip(hits, full_width, full_height)
+
+
+def verify_blur(anonymizer, image: np.ndarray, boxes: Detections) -> VerifyResult:
+    """Check ``image`` (anonymized, ``boxes`` = regions blurred in it) and fix what is found, at
+    most ``settings.verify_rounds`` times (see the module doc). Never modifies ``image``."""
+    settings = anonymizer.settings
+    height, width = image.shape[:2]
+    fixed = []
+    hits = detect_again(anonymizer, image, boxes)
+    rounds = 0
+    while len(hits) and rounds < settings.verify_rounds:
+        rounds += 1
+        targets = clip(expand(hits, settings.blur_margin_fraction, 1.0), width, height)
+        overlapped = (_covered(boxes.xyxy, targets.xyxy).max(axis=1) > 0 if len(boxes)
+                      else np.zeros(0, bool))
+        strength = settings.blur_strength * 2 ** rounds
+        image = blur_boxes(image, Detections.concat([boxes[overlapped], targets]),
+                           settings.blur_mode, strength)
+        new = (_covered(targets.xyxy, boxes.xyxy).max(axis=1) < COVERED_FRACTION if len(boxes)
+               else np.ones(len(targets), bool))
+        boxes = Detections.concat([boxes, targets[new]])
+        fixed.append(hits)
+        hits = detect_again(anonymizer, image, boxes)
+    return VerifyResult(image, boxes, Detections.concat(fixed), hits, rounds)
+
+
+def _box_records(dets: Detections, reason: str) -> list[dict]:
+    return [dict(r, reason=reason) for r in dets.to_records()]
+
+
+def review_entry(near_misses: Detections, verified: VerifyResult | None) -> dict | None:
+    """The manifest's ``review`` value: ``{"reasons": [...], "boxes": [{label, score, x0, y0, x1,
+    y1, reason}]}``, or None when nothing needs a second look."""
+    reasons, boxes = [], []
+    for reason, dets in ((VERIFY_SURVIVED, verified.survived if verified else None),
+                         (VERIFY_REBLURRED, verified.fixed if verified else None),
+                         (NEAR_THRESHOLD, near_misses)):
+        if dets is not None and len(dets):
+            reasons.append(reason)
+            boxes += _box_records(dets, reason)
+    return {"reasons": reasons, "boxes": boxes} if reasons else None
+
+
+def unblurred_near_misses(near_misses: Detections, boxes: Detections) -> Detections:
+    """Near-threshold detections not already mostly inside a blurred box (those are duplicates
+    of something blurred, not candidates for review)."""
+    if not len(near_misses) or not len(boxes):
+        return near_misses
+    return near_misses[_covered(near_misses.xyxy, boxes.xyxy).max(axis=1) < 0.5]
+
+
+def check(anonymizer, image: np.ndarray, boxes: Detections, near_misses: Detections,
+          timings: dict) -> tuple[np.ndarray, Detections, dict | None]:
+    """What ``Anonymizer.run`` calls after blurring: the verification pass when
+    ``settings.verify`` (time in ``timings["verify"]``) and the review entry.
+    Returns ``(final image, final blurred boxes, review entry or None)``."""
+    verified = None
+    if anonymizer.settings.verify:
+        t = time.perf_counter()
+        verified = verify_blur(anonymizer, image, boxes)
+        image, boxes = verified.image, verified.boxes
+        timings["verify"] = time.perf_counter() - t
+    return image, boxes, review_entry(unblurred_near_misses(near_misses, boxes), verified)

@@ -3,27 +3,33 @@
 
 Schema (one line per input; this docstring is the single definition, copied into the README):
 
-==========  ================  ===============================================================
-field       type              meaning
-==========  ================  ===============================================================
-input       str               the input's full path or URI as read (``gs://...`` stays a URI)
-key         str               its path relative to the input glob's fixed directory; the output
-                              is written to ``OUTPUT/key``
-output      str | null        the anonymized file written, or null (always null when failed)
-status      "ok" | "failed"   ``failed``: nothing was written for this input (fail closed)
-error       str | null        what went wrong (failed only)
-error_type  str | null        exception class name, e.g. ``ImageError``, ``OSError`` (failed only)
-width       int | null        width of the orientation-corrected image, pixels (null if undecoded)
-height      int | null        height, likewise
-format      str | null        ``jpeg`` | ``png``; the output has the same format as the input
-boxes       list              regions actually blurred: ``{label, score, x0, y0, x1, y1}``,
-                              label ``face`` | ``plate``, score in [0, 1], corners in pixels of
-                              the orientation-corrected input (x1, y1 exclusive), margin included
-models      list              ``{name, sha256}`` of every model that ran
-settings    dict              every ``beam_anon.settings.Settings`` field of the run
-timings     dict              seconds per step: ``read``, ``decode``, ``stage1``, ``stage2``,
-                              ``blur``, ``encode`` (steps that did not run are absent)
-==========  ================  ===============================================================
+============  ================  ===============================================================
+field         type              meaning
+============  ================  ===============================================================
+input         str               the input's full path or URI as read (``gs://...`` stays a URI)
+key           str               its path relative to the input glob's fixed directory; the output
+                                is written to ``OUTPUT/key``
+output        str | null        the anonymized file written, or null (always null when failed)
+status        "ok" | "failed"   ``failed``: nothing was written for this input (fail closed)
+error         str | null        what went wrong (failed only)
+error_type    str | null        exception class name, e.g. ``ImageError``, ``OSError`` (failed only)
+width         int | null        width of the orientation-corrected image, pixels (null if undecoded)
+height        int | null        height, likewise
+format        str | null        ``jpeg`` | ``png``; the output has the same format as the input
+boxes         list              regions actually blurred: ``{label, score, x0, y0, x1, y1}``,
+                                label ``face`` | ``plate``, score in [0, 1], corners in pixels of
+                                the orientation-corrected input (x1, y1 exclusive), margin included
+models        list              ``{name, sha256}`` of every model that ran
+settings      dict              every ``beam_anon.settings.Settings`` field of the run
+timings       dict              seconds per step: ``read``, ``decode``, ``stage1``, ``stage2``,
+                                ``blur``, ``verify``, ``encode`` (steps that did not run are absent)
+needs_review  bool              true when the verification pass still detected a face or plate in
+                                the output after its last re-blur round (``beam_anon.verify``)
+review        dict | null       why a person should look: ``{reasons, boxes}``; reasons among
+                                ``verify_survived``, ``verify_reblurred``, ``near_threshold``;
+                                boxes ``{label, score, x0, y0, x1, y1, reason}`` (pixels, as
+                                ``boxes``); ``near_threshold`` boxes were NOT blurred
+============  ================  ===============================================================
 """
 from __future__ import annotations
 
@@ -55,6 +61,8 @@ class ManifestRecord:
     models: list[dict] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    needs_review: bool = False
+    review: dict | None = None
 
     @property
     def ok(self) -> bool:
@@ -68,6 +76,17 @@ class ManifestRecord:
             error = str(error) or repr(error)
         return dataclasses.replace(self, status=STATUS_FAILED, output=None, error=str(error),
                                    error_type=error_type or "Error")
+
+    def review_item(self) -> dict | None:
+        """This record's line in ``OUTPUT/review.jsonl`` (``{key, input, output, status, reasons,
+        error, boxes}``; reasons as in ``review``, or ``failed``), or None if nothing to review."""
+        if self.ok and not self.review:
+            return None
+        review = self.review or {}
+        reasons = list(review.get("reasons", [])) + ([] if self.ok else ["failed"])
+        return {"key": self.key, "input": self.input, "output": self.output,
+                "status": self.status, "reasons": reasons, "error": self.error,
+                "boxes": review.get("boxes", [])}
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -14,6 +14,7 @@ can be resumed with ``skip_existing`` (see :mod:`beam_anon.records`).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 import uuid
@@ -34,6 +35,7 @@ from beam_anon.settings import Settings
 
 NAMESPACE = "beam_anon"
 MANIFEST_NAME = "manifest.jsonl"
+REVIEW_NAME = "review.jsonl"
 _WILDCARDS = "*?[{"
 log = logging.getLogger(__name__)
 
@@ -196,6 +198,8 @@ class AnonymizeFn(beam.DoFn):
         result = self.anonymizer.run(img.pixels, keep_debug=self.debug_dir is not None)
         record.timings.update(result.timings)
         record.boxes = result.boxes.to_records()
+        record.review = getattr(result, "review", None)  # see beam_anon.verify
+        record.needs_review = "verify_survived" in (record.review or {}).get("reasons", ())
         labels = result.boxes.labels.astype(str)
         self.faces.inc(int((labels == "face").sum()))
         self.plates.inc(int((labels == "plate").sum()))
@@ -281,7 +285,8 @@ class WriteAnonymized(beam.PTransform):
 
     Writes each ok image to ``output_dir/key`` atomically, then its record to
     ``output_dir/.records/`` (:mod:`beam_anon.records`), and at the end every record to
-    ``output_dir/manifest.jsonl`` (one JSON object per line; schema in ``beam_anon.manifest``).
+    ``output_dir/manifest.jsonl`` (one JSON object per line; schema in ``beam_anon.manifest``)
+    and the review queue ``output_dir/review.jsonl`` (``ManifestRecord.review_item`` lines).
     A write failure or an unsafe key turns the record into ``failed``.
     """
 
@@ -295,6 +300,11 @@ class WriteAnonymized(beam.PTransform):
              | "ToJson" >> beam.Map(ManifestRecord.to_json)
              | "WriteManifest" >> beam.io.WriteToText(
                  manifest_path(self.output_dir), shard_name_template=""))
+        _ = (records  # the review queue: failures, verification hits, near-threshold detections
+             | "ReviewItems" >> beam.FlatMap(lambda r: [r.review_item()] if r.review_item() else [])
+             | "ReviewJson" >> beam.Map(json.dumps, ensure_ascii=False, separators=(",", ":"))
+             | "WriteReview" >> beam.io.WriteToText(
+                 FileSystems.join(self.output_dir, REVIEW_NAME), shard_name_template=""))
         return records
 
 

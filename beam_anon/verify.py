@@ -2,9 +2,8 @@
 
 After :class:`beam_anon.anonymize.Anonymizer` blurs an image, :func:`verify_blur` runs the same
 stage-2 detectors again on the **anonymized** pixels: full-frame tiles at scale 1, plus every
-blurred region cut out with context (:data:`CONTEXT_FRACTION` of its size per side) and upscaled
-like stage-1 regions are (:func:`beam_anon.regions.region_crops`; nearby regions merged, and
-crops that would not be upscaled skipped: the tiles see those). A detection scoring at least
+small blurred region cut out with context (:data:`CONTEXT_FRACTION` of its size per side) and
+upscaled (:func:`recheck_crops`) for the detectors of its role. A detection scoring at least
 ``max(settings.verify_threshold, the model's own threshold)`` is a *hit*:
 
 * a hit over a blurred region means the blur left something detectable: that region and the hit
@@ -24,10 +23,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from beam_anon.blur import blur_boxes
-from beam_anon.boxes import Detections, clip, expand, fuse, map_to_image, merge_regions
-from beam_anon.regions import full_frame_crops, region_crops
+from beam_anon.boxes import Detections, clip, expand, fuse, map_to_image
+from beam_anon.regions import Crop, full_frame_crops
 
 CONTEXT_FRACTION = 0.5     # context around a blurred region when it is re-checked, per side
+RECHECK_BOX_SIZE = 96      # pixels: a blurred region's long side as the re-check sees it
 COVERED_FRACTION = 0.9     # a hit this much inside a blurred box adds no new box
 
 # review reasons (manifest ``review.reasons``, review.jsonl ``reasons``)
@@ -59,26 +59,38 @@ def _covered(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area[:, None], 1e-9)
 
 
+def recheck_crops(boxes: Detections, width: int, height: int, settings) -> list[Crop]:
+    """Crops of the blurred ``boxes`` (one role's), each with :data:`CONTEXT_FRACTION` context
+    per side, upscaled so the box's long side reaches :data:`RECHECK_BOX_SIZE` pixels (at most
+    ``crop_max_upscale``); boxes that would not be upscaled are left to the full-frame tiles."""
+    context = clip(expand(boxes, CONTEXT_FRACTION, 4.0), width, height)
+    crops = []
+    for box, ctx in zip(boxes.xyxy, context.xyxy):
+        scale = min(settings.crop_max_upscale,
+                    RECHECK_BOX_SIZE / max(float((box[2:] - box[:2]).max()), 1.0))
+        if scale > 1.0:
+            x0, y0 = int(np.floor(ctx[0])), int(np.floor(ctx[1]))
+            crops.append(Crop((x0, y0, int(np.ceil(ctx[2])), int(np.ceil(ctx[3]))), scale,
+                              "verify"))
+    return crops
+
+
 def detect_again(anonymizer, image: np.ndarray, boxes: Detections) -> Detections:
     """Verification hits in ``image`` (already anonymized): stage-2 detections scoring at least
-    ``max(verify_threshold, model threshold)`` on full-frame tiles at scale 1 and on each box of
-    ``boxes`` cut with context and upscaled; fused, in image pixels."""
+    ``max(verify_threshold, model threshold)`` on full-frame tiles at scale 1, and on the
+    :func:`recheck_crops` of ``boxes`` of the detector's role; fused, in image pixels."""
     from beam_anon.anonymize import cut_crop, detection_copy  # anonymize imports this module
 
     settings = anonymizer.settings
     full_height, full_width = image.shape[:2]
     image, scale = detection_copy(image, settings.detect_max_pixels)  # bounded, like detect()
     height, width = image.shape[:2]
-    context = clip(expand(map_to_image(boxes, (0, 0), (1 / scale[0], 1 / scale[1])),
-                          CONTEXT_FRACTION, 4.0), width, height)
-    regions = merge_regions(context.xyxy, width, height, settings.merge_iou,
-                            settings.merge_small_fraction, settings.merge_gap_fraction)
-    # a region crop at scale 1 would only repeat what the full-frame tiles see
-    crops = full_frame_crops(width, height, settings, 1.0) + [
-        c for c in region_crops(regions, settings) if c.scale > 1.0]
-    cut = [cut_crop(image, c) for c in crops]
+    small_boxes = map_to_image(boxes, (0, 0), (1 / scale[0], 1 / scale[1]))
+    tiles = full_frame_crops(width, height, settings, 1.0)
     found = []
-    for detector, _role, threshold in anonymizer.stage2:
+    for detector, role, threshold in anonymizer.stage2:
+        crops = tiles + recheck_crops(small_boxes.with_label(role), width, height, settings)
+        cut = [cut_crop(image, c) for c in crops]
         per_crop = detector.detect_batch([px for px, _ in cut],
                                          max(settings.verify_threshold, threshold))
         found += [map_to_image(d, c.offset, s) for d, c, (_, s) in zip(per_crop, crops, cut)]

@@ -158,7 +158,8 @@ def test_keys_cannot_escape_the_output_dir(tmp_path):
     kept = [w for w in written if w.startswith("nest/out/.records/")]  # hashed names, one a key
     assert len(kept) == len(keys)
     assert sorted(set(written) - set(kept)) == [
-        "nest/out/12:30 b.jpg", "nest/out/manifest.jsonl", "nest/out/ok/x.jpg"]
+        "nest/out/12:30 b.jpg", "nest/out/manifest.jsonl", "nest/out/ok/x.jpg",
+        "nest/out/review.jsonl"]
 
 
 FACTORY_CALLS = []
@@ -194,7 +195,8 @@ def test_write_failure_becomes_failed_record_without_partial_file(tmp_path, monk
     assert records["good.jpg"].status == "ok"
     assert (records["bad.jpg"].status, records["bad.jpg"].error_type,
             records["bad.jpg"].output) == ("failed", "OSError", None)
-    assert sorted(os.listdir(out)) == [".records", "good.jpg", "manifest.jsonl"]
+    assert sorted(os.listdir(out)) == [".records", "good.jpg", "manifest.jsonl",
+                                   "review.jsonl"]
 
 
 def test_debug_views_hold_the_original_outside_output(tree, tmp_path):

@@ -126,6 +126,10 @@ class AnonymizeOptions(PipelineOptions):
                             "inputs whose output and record (OUTPUT/.records) exist from a run "
                             "with the same settings and models are not processed again; the "
                             "manifest still lists every input once (default: %(default)s)")
+        parser.add_argument("--report", type=_bool, nargs="?", const=True, default=False,
+                            metavar="BOOL", help="when the run is done, write OUTPUT/report.html "
+                            "(python -m beam_anon.report: counts, plots, review queue, thumbnails "
+                            "of anonymized outputs only) (default: %(default)s)")
         for f in dataclasses.fields(Settings):
             _settings_argument(parser, f)
 
@@ -217,6 +221,9 @@ def main(argv: list[str] | None = None, anonymizer_factory=None):
     state = result.wait_until_finish()
     if str(state).endswith("DONE"):
         print(summary(result, opts))
+        if opts.report:
+            from beam_anon.report import write_report
+            print(f"beam_anon: report {write_report(opts.output)}")
     else:
         print(f"beam_anon: pipeline {state or 'submitted'}, not finished here; manifest will be "
               f"{manifest_path(opts.output)}")

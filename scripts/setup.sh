@@ -15,3 +15,10 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.installed-*; touch "$stamp"
 fi
 .venv/bin/python -m beam_anon.models fetch
+# Headless Chromium for the report's browser test (tests/test_report.py skips without it):
+# installed only when missing, as root, with apt; otherwise skipped silently.
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "[setup] installing chromium (apt) for the report's browser test"
+  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } \
+    >/dev/null 2>&1 || echo "[setup] chromium not installed; the browser test will skip"
+fi

@@ -73,8 +73,8 @@ class Anonymizer:
             raise ValueError(f"Anonymizer: no detector loaded for {missing}")
         self.settings = settings
         self.stage1 = detectors[settings.stage1_model] if settings.stage1_model else None
-        #: (detector, role, minimum score) for every stage-2 model
-        self.stage2 = [(detectors[n], role, settings.threshold(n, role))
+        #: (name, detector, role, minimum score) for every stage-2 model
+        self.stage2 = [(n, detectors[n], role, settings.threshold(n, role))
                        for role, names in (("face", settings.face_models),
                                            ("plate", settings.plate_models)) for n in names]
         self.detectors = {n: detectors[n] for n in settings.model_names()}
@@ -94,12 +94,12 @@ class Anonymizer:
 
         t = time.perf_counter()
         regions = stage1_regions(stage1, width, height, self.settings)
-        plans = {role: plan_crops(regions, width, height, self.settings, role)
-                 for role in ("face", "plate")}
+        plans = {name: plan_crops(regions, width, height, self.settings, role, name)
+                 for name, _, role, _ in self.stage2}
         cut: dict[Crop, tuple[np.ndarray, tuple[float, float]]] = {}
         found, near = [], []
-        for detector, role, threshold in self.stage2:
-            crops = plans[role]
+        for name, detector, role, threshold in self.stage2:
+            crops = plans[name]
             for c in crops:
                 if c not in cut:
                     cut[c] = cut_crop(image, c)
@@ -112,7 +112,7 @@ class Anonymizer:
         near_misses = fuse(clip(Detections.concat(near), width, height), self.settings.nms_iou)
         fused = fuse(stage2, self.settings.nms_iou)
         timings["stage2"] = time.perf_counter() - t
-        crops = list(dict.fromkeys(plans["face"] + plans["plate"]))
+        crops = list(dict.fromkeys(c for plan in plans.values() for c in plan))
         return fused, DebugInfo(stage1, regions, crops, stage2, near_misses), timings
 
     def run(self, image: np.ndarray, keep_debug: bool = False) -> AnonymizeResult:

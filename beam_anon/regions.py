@@ -33,14 +33,18 @@ class Crop:
 
 
 def _spans(start: float, stop: float, size: int, overlap: float) -> list[tuple[int, int]]:
-    """Cover [start, stop) with windows of at most ``size`` pixels overlapping by ``overlap``."""
+    """Cover [start, stop) with equal windows of at most ``size`` pixels, neighbours sharing at
+    least ``overlap * size`` pixels. Equal windows (not ``size`` windows crammed together) keep
+    the pixels a detector sees close to the area covered."""
     start, stop = int(math.floor(start)), int(math.ceil(stop))
     length = stop - start
     if length <= size:
         return [(start, stop)]
-    count = math.ceil((length - size * overlap) / (size * (1 - overlap)))
-    step = (length - size) / max(count - 1, 1)
-    return [(start + round(i * step), start + round(i * step) + size) for i in range(count)]
+    shared = int(size * overlap)
+    count = math.ceil((length - shared) / (size - shared))
+    window = math.ceil((length + (count - 1) * shared) / count)
+    step = (length - window) / (count - 1)
+    return [(start + round(i * step), start + round(i * step) + window) for i in range(count)]
 
 
 def tile(xyxy, max_size: int, overlap: float = TILE_OVERLAP) -> list[tuple[int, int, int, int]]:
@@ -80,11 +84,11 @@ def full_frame_crops(width: int, height: int, settings: Settings, scale: float) 
 
 
 def plan_crops(regions: np.ndarray, width: int, height: int, settings: Settings,
-               role: str) -> list[Crop]:
-    """Crops stage 2 runs on for ``role`` (``face`` | ``plate``): the full-frame passes at the
-    role's scales, plus the region crops upscaled beyond the largest of them (a region at a
-    smaller scale is already seen whole by an overlapping full-frame tile)."""
-    scales = settings.full_frame_scales(role)
+               role: str, model: str = "") -> list[Crop]:
+    """Crops stage 2 runs on for ``role`` (``face`` | ``plate``) and ``model``: the full-frame
+    passes at the role's scales (capped per model), plus the region crops upscaled beyond the
+    largest of them (a region at a smaller scale is already seen whole by a full-frame tile)."""
+    scales = settings.full_frame_scales(role, model)
     covered = max(scales, default=0.0)
     crops = [c for c in region_crops(regions, settings) if c.scale > covered]
     for scale in scales:

@@ -40,6 +40,8 @@ class Settings:
     face_threshold: float = 0.5
     plate_threshold: float = 0.4
     model_thresholds: tuple[str, ...] = ("centerface=0.3", "yunet=0.6")
+    # per-model cap on the full-frame scales, "name=scale" (yunet gains little at 2x, costs 4x)
+    model_max_scales: tuple[str, ...] = ("yunet=1",)
     nms_iou: float = 0.4
     # blur
     blur_mode: str = "gaussian"            # gaussian | pixelate | solid
@@ -66,20 +68,29 @@ class Settings:
         """Stable JSON of every setting (for the manifest and skip-existing checks)."""
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
-    def threshold(self, model: str, role: str) -> float:
-        """Minimum score for ``model`` (registry name) in ``role`` (``face`` | ``plate``)."""
-        for entry in self.model_thresholds:
+    @staticmethod
+    def _per_model(entries: tuple[str, ...], model: str) -> float | None:
+        """Value of ``model`` in ``"name=value"`` entries, or None."""
+        for entry in entries:
             name, _, value = entry.partition("=")
             if name.strip() == model:
                 return float(value)
+        return None
+
+    def threshold(self, model: str, role: str) -> float:
+        """Minimum score for ``model`` (registry name) in ``role`` (``face`` | ``plate``)."""
+        value = self._per_model(self.model_thresholds, model)
+        if value is not None:
+            return value
         return self.face_threshold if role == "face" else self.plate_threshold
 
-    def full_frame_scales(self, role: str) -> tuple[float, ...]:
-        """Scales of the full-frame passes for ``role``; empty when the pass is off."""
+    def full_frame_scales(self, role: str, model: str = "") -> tuple[float, ...]:
+        """Scales of the full-frame passes for ``role`` and ``model``; empty when off."""
         if not self.full_frame:
             return ()
-        return tuple(self.face_full_frame_scales if role == "face"
-                     else self.plate_full_frame_scales)
+        scales = self.face_full_frame_scales if role == "face" else self.plate_full_frame_scales
+        cap = self._per_model(self.model_max_scales, model)
+        return tuple(s for s in scales if cap is None or s <= cap)
 
     def model_names(self) -> tuple[str, ...]:
         names = (self.stage1_model,) if self.stage1_model else ()

@@ -88,7 +88,7 @@ def detect_again(anonymizer, image: np.ndarray, boxes: Detections) -> Detections
     small_boxes = map_to_image(boxes, (0, 0), (1 / scale[0], 1 / scale[1]))
     tiles = full_frame_crops(width, height, settings, 1.0)
     found = []
-    for detector, role, threshold in anonymizer.stage2:
+    for _, detector, role, threshold in anonymizer.stage2:
         crops = tiles + recheck_crops(small_boxes.with_label(role), width, height, settings)
         cut = [cut_crop(image, c) for c in crops]
         per_crop = detector.detect_batch([px for px, _ in cut],

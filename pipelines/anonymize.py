@@ -58,6 +58,8 @@ SETTINGS_HELP = {
     "plate_threshold": "licence-plate minimum score, 0-1 (lower blurs more)",
     "model_thresholds": "per-model minimum scores overriding the two above, e.g. "
                         "centerface=0.3,yunet=0.6",
+    "model_max_scales": "per-model cap on the full-frame scales, e.g. yunet=1 (yunet skips "
+                        "the 2x pass)",
     "nms_iou": "duplicate boxes overlapping more than this IoU are fused",
     "blur_mode": "how boxes are made unrecognizable: " + " | ".join(BLUR_MODES),
     "blur_margin_fraction": "each box grows by this fraction of its size per side before blurring",

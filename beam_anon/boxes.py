@@ -105,33 +105,12 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
 
 
-def nms(dets: Detections, iou_threshold: float = 0.5) -> Detections:
-    """Greedy non-maximum suppression per label; keeps the higher-scoring box of each overlap."""
-    if len(dets) < 2:
-        return dets
-    keep: list[int] = []
-    for label in np.unique(dets.labels.astype(str)):
-        idx = np.flatnonzero(dets.labels.astype(str) == label)
-        idx = idx[np.argsort(-dets.scores[idx], kind="stable")]
-        ious = iou_matrix(dets.xyxy[idx], dets.xyxy[idx])
-        suppressed = np.zeros(len(idx), bool)
-        for i in range(len(idx)):
-            if suppressed[i]:
-                continue
-            keep.append(int(idx[i]))
-            suppressed |= ious[i] > iou_threshold
-    return dets[np.sort(np.array(keep, dtype=int))]
-
-
-def fuse(dets: Detections, iou_threshold: float = 0.4) -> Detections:
-    """Like :func:`nms` per label, but each kept box becomes the union of the boxes it
-    suppresses (score: the highest). For privacy: duplicates from several crops or detectors
-    collapse into one box that still covers every pixel any of them covered."""
-    if len(dets) < 2:
-        return dets
-    out_xyxy, out_scores, out_labels = [], [], []
-    for label in np.unique(dets.labels.astype(str)):
-        idx = np.flatnonzero(dets.labels.astype(str) == label)
+def _greedy_clusters(dets: Detections, iou_threshold: float):
+    """Greedy NMS clustering per label: yields (index of the best box, indices of the boxes it
+    absorbs, itself included), best scores first within each label."""
+    labels = dets.labels.astype(str)
+    for label in np.unique(labels):
+        idx = np.flatnonzero(labels == label)
         idx = idx[np.argsort(-dets.scores[idx], kind="stable")]
         ious = iou_matrix(dets.xyxy[idx], dets.xyxy[idx])
         taken = np.zeros(len(idx), bool)
@@ -141,11 +120,28 @@ def fuse(dets: Detections, iou_threshold: float = 0.4) -> Detections:
             members = ~taken & (ious[i] > iou_threshold)
             members[i] = True
             taken |= members
-            group = dets.xyxy[idx[members]]
-            out_xyxy.append(np.concatenate([group[:, :2].min(0), group[:, 2:].max(0)]))
-            out_scores.append(dets.scores[idx[i]])
-            out_labels.append(label)
-    return Detections(np.array(out_xyxy), np.array(out_scores), np.array(out_labels, object))
+            yield int(idx[i]), idx[members]
+
+
+def nms(dets: Detections, iou_threshold: float = 0.5) -> Detections:
+    """Greedy non-maximum suppression per label; keeps the higher-scoring box of each overlap."""
+    if len(dets) < 2:
+        return dets
+    keep = [best for best, _ in _greedy_clusters(dets, iou_threshold)]
+    return dets[np.sort(np.array(keep, dtype=int))]
+
+
+def fuse(dets: Detections, iou_threshold: float = 0.4) -> Detections:
+    """Like :func:`nms` per label, but each kept box becomes the union of the boxes it
+    suppresses (score: the highest). For privacy: duplicates from several crops or detectors
+    collapse into one box that still covers every pixel any of them covered."""
+    if len(dets) < 2:
+        return dets
+    clusters = list(_greedy_clusters(dets, iou_threshold))
+    union = [np.concatenate([dets.xyxy[m, :2].min(0), dets.xyxy[m, 2:].max(0)])
+             for _, m in clusters]
+    best = np.array([b for b, _ in clusters], dtype=int)
+    return Detections(np.array(union), dets.scores[best], dets.labels[best])
 
 
 def clip(dets: Detections, width: int, height: int) -> Detections:

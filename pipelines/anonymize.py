@@ -8,7 +8,7 @@ fail get no output file and a ``failed`` record. ``--input_format tfrecord``: ``
 TFRecord shards of ``tf.train.Example``; ``OUTPUT/data-*.tfrecord`` is written
 (``beam_anon.tfrecords``).
 Arguments not listed here go to Beam:
-``--runner`` (default FnApiRunner: local, offline), ``--direct_num_workers``,
+``--runner`` (default FnApiRunner: local, offline, one worker process per core), ``--direct_num_workers``,
 ``--direct_running_mode``; on Dataflow ``--runner=DataflowRunner --project --region
 --temp_location gs://... --setup_file ./setup.py``.
 """
@@ -22,7 +22,7 @@ import sys
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from beam_anon import tfrecords
 from beam_anon.blur import MODES as BLUR_MODES
@@ -213,6 +213,12 @@ def main(argv: list[str] | None = None, anonymizer_factory=None):
     options = PipelineOptions(argv)
     if not options.view_as(StandardOptions).runner:
         options.view_as(StandardOptions).runner = DEFAULT_RUNNER
+        if (os.cpu_count() or 1) > 1 and anonymizer_factory is None and not any(
+                a.startswith("--direct_num_workers") for a in argv):
+            # models run one thread each (BEAM_ANON_THREADS), so use a process per core
+            direct = options.view_as(DirectOptions)
+            direct.direct_num_workers = os.cpu_count()
+            direct.direct_running_mode = "multi_processing"
     opts = options.view_as(AnonymizeOptions)
     opts.input, opts.output = _local_abs(opts.input), _local_abs(opts.output)
     opts.debug_dir, opts.models_dir = _local_abs(opts.debug_dir), _local_abs(opts.models_dir)

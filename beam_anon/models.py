@@ -117,9 +117,11 @@ def _missing_files(entry: dict, root: str) -> list[str]:
 
 @contextlib.contextmanager
 def _dir_lock(directory: str):
-    """Inter-process lock so concurrent workers do not fetch into one folder at once."""
+    """Inter-process lock so concurrent workers do not fetch into one folder at once. The lock
+    file lives in the temp dir, not in ``directory`` (which may be a user's image folder)."""
     os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, ".lock"), "w") as lock:
+    name = hashlib.sha256(os.path.abspath(directory).encode()).hexdigest()[:24]
+    with open(os.path.join(tempfile.gettempdir(), f"beam_anon-{name}.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield

@@ -266,13 +266,8 @@ def test_glob_prefix(pattern, prefix):
 # --- real models --------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def samples():
-    from beam_anon import models
-    try:
-        models.fetch()
-        return models.fetch_samples()
-    except Exception as e:  # offline without a filled model store
-        pytest.skip(f"real models or sample images cannot be fetched: {type(e).__name__}: {e}")
+def samples(sample_paths):
+    return sample_paths
 
 
 @pytest.mark.models

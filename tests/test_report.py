@@ -23,14 +23,9 @@ DATA_URI = re.compile(r'src="data:image/jpeg;base64,([A-Za-z0-9+/=]+)"')
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, sample_paths):
     """A real run over the sample images plus one corrupt file, with --report."""
-    from beam_anon import models
-    try:
-        models.fetch()
-        samples = models.fetch_samples()
-    except Exception as e:  # offline without a filled model store
-        pytest.skip(f"real models or sample images cannot be fetched: {type(e).__name__}: {e}")
+    samples = sample_paths
     root = tmp_path_factory.mktemp("report")
     src, out = root / "in", root / "out"
     src.mkdir()

@@ -65,14 +65,9 @@ def _results(out_dir) -> dict[str, tuple[dict, bytes | None]]:
 
 
 @pytest.fixture(scope="module")
-def small_samples(tmp_path_factory):
+def small_samples(tmp_path_factory, sample_paths):
     """Three sample images scaled to at most 480 px, so the real models run quickly."""
-    from beam_anon import models
-    try:
-        models.fetch()
-        paths = models.fetch_samples()
-    except Exception as e:  # offline without a filled model store
-        pytest.skip(f"real models or sample images cannot be fetched: {type(e).__name__}: {e}")
+    paths = sample_paths
     src = tmp_path_factory.mktemp("in")
     for path in sorted(paths)[:3]:
         image = cv2.imread(path)

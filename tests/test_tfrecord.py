@@ -15,10 +15,9 @@ from PIL import Image
 from beam_anon import tfrecords
 from beam_anon.boxes import Detections
 from beam_anon.image_io import apply_orientation, decode, encode
-from beam_anon.manifest import ManifestRecord
 from beam_anon.settings import Settings
 from pipelines import anonymize as cli
-from test_pipeline import fake_factory  # blacks out the centre quarter; raises on 13-px widths
+from test_pipeline import _manifest, fake_factory  # fake: blacks out the centre quarter
 
 tf = pytest.importorskip("tensorflow")
 RUNNER = "--runner=FnApiRunner"
@@ -74,14 +73,6 @@ def _read_tfrecords(pattern, compression=None) -> list[bytes]:
     files = sorted(glob.glob(str(pattern)))
     assert files, pattern
     return [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type=compression)]
-
-
-def _manifest(out_dir) -> dict[str, ManifestRecord]:
-    with open(os.path.join(out_dir, "manifest.jsonl")) as f:
-        records = [ManifestRecord.from_json(line) for line in f]
-    by_key = {r.key: r for r in records}
-    assert len(by_key) == len(records), "one record per image"
-    return by_key
 
 
 def _assert_only_image_changed(raw_in: bytes, raw_out: bytes, image_keys=("image/encoded",),

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from beam_anon.blur import blur_boxes
-from beam_anon.boxes import Detections, clip, expand, fuse, map_to_image
+from beam_anon.boxes import Detections, clip, expand, fuse, map_to_image, unrotate
 from beam_anon.detectors import Detector
 from beam_anon.regions import Crop, plan_crops, stage1_regions
 from beam_anon.settings import Settings
@@ -42,15 +42,28 @@ class AnonymizeResult:
 
 
 def cut_crop(image: np.ndarray, crop: Crop) -> tuple[np.ndarray, tuple[float, float]]:
-    """The crop's pixels resized by its scale, and the exact (sx, sy) factors after rounding."""
+    """The crop's pixels resized by its scale (then turned by ``crop.turns``), and the exact
+    (sx, sy) resize factors after rounding."""
     x0, y0, x1, y1 = crop.xyxy
-    pixels = image[y0:y1, x0:x1]
-    if crop.scale == 1.0:
-        return pixels, (1.0, 1.0)
-    w, h = x1 - x0, y1 - y0
-    nw, nh = max(1, round(w * crop.scale)), max(1, round(h * crop.scale))
-    interp = cv2.INTER_LINEAR if crop.scale > 1 else cv2.INTER_AREA
-    return cv2.resize(pixels, (nw, nh), interpolation=interp), (nw / w, nh / h)
+    pixels, factors = image[y0:y1, x0:x1], (1.0, 1.0)
+    if crop.scale != 1.0:
+        w, h = x1 - x0, y1 - y0
+        nw, nh = max(1, round(w * crop.scale)), max(1, round(h * crop.scale))
+        interp = cv2.INTER_LINEAR if crop.scale > 1 else cv2.INTER_AREA
+        pixels, factors = cv2.resize(pixels, (nw, nh), interpolation=interp), (nw / w, nh / h)
+    if crop.turns % 4:
+        pixels = np.ascontiguousarray(np.rot90(pixels, crop.turns))
+    return pixels, factors
+
+
+def crop_to_image(dets: Detections, crop: Crop, pixels: np.ndarray,
+                  factors: tuple[float, float]) -> Detections:
+    """Boxes found in ``pixels`` (what :func:`cut_crop` made of ``crop``) -> image pixels."""
+    if crop.turns % 4:
+        h, w = pixels.shape[:2]
+        w, h = (h, w) if crop.turns % 2 else (w, h)
+        dets = unrotate(dets, crop.turns, w, h)
+    return map_to_image(dets, crop.offset, factors)
 
 
 def detection_copy(image: np.ndarray, max_pixels: int) -> tuple[np.ndarray, tuple[float, float]]:
@@ -105,7 +118,7 @@ class Anonymizer:
                     cut[c] = cut_crop(image, c)
             low = min(threshold, max(threshold - self.settings.review_band, 1e-3))
             per_crop = detector.detect_batch([cut[c][0] for c in crops], low)
-            mapped = [map_to_image(d, c.offset, cut[c][1]) for d, c in zip(per_crop, crops)]
+            mapped = [crop_to_image(d, c, *cut[c]) for d, c in zip(per_crop, crops)]
             found += [d[d.scores >= threshold] for d in mapped]
             near += [d[d.scores < threshold] for d in mapped]
         stage2 = clip(Detections.concat(found), width, height)

@@ -172,6 +172,22 @@ def map_to_image(dets: Detections, offset_xy: Sequence[float], scale) -> Detecti
     return Detections(xyxy, dets.scores, dets.labels)
 
 
+def unrotate(dets: Detections, quarter_turns: int, width: int, height: int) -> Detections:
+    """Map boxes found in ``np.rot90(image, quarter_turns)`` (counter-clockwise turns) back to
+    pixels of ``image``, which is ``width`` x ``height`` pixels."""
+    x0, y0, x1, y1 = dets.xyxy.T
+    k = quarter_turns % 4
+    if k == 0:
+        return dets
+    if k == 1:    # rotated pixel (x', y') came from (width - y', x')
+        xyxy = np.stack([width - y1, x0, width - y0, x1], axis=1)
+    elif k == 2:  # (x', y') came from (width - x', height - y')
+        xyxy = np.stack([width - x1, height - y1, width - x0, height - y0], axis=1)
+    else:         # (x', y') came from (y', height - x')
+        xyxy = np.stack([y0, height - x1, y1, height - x0], axis=1)
+    return Detections(xyxy, dets.scores, dets.labels)
+
+
 def _should_merge(a: np.ndarray, b: np.ndarray, width: int, height: int,
                   iou_threshold: float, small_fraction: float, gap_fraction: float) -> bool:
     if iou_matrix(a[None], b[None])[0, 0] > iou_threshold:

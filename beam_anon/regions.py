@@ -21,11 +21,13 @@ TILE_OVERLAP = 0.2  # fraction of a tile shared with its neighbour, so objects o
 
 @dataclass(frozen=True)
 class Crop:
-    """``xyxy``: integer pixel rectangle of the image; ``scale``: resize factor applied to it."""
+    """``xyxy``: integer pixel rectangle of the image; ``scale``: resize factor applied to it;
+    ``turns``: counter-clockwise quarter turns applied after resizing (upside-down faces)."""
 
     xyxy: tuple[int, int, int, int]
     scale: float
     source: str  # "region" | "full_frame"
+    turns: int = 0
 
     @property
     def offset(self) -> tuple[int, int]:
@@ -77,10 +79,12 @@ def region_crops(regions: np.ndarray, settings: Settings) -> list[Crop]:
     return crops
 
 
-def full_frame_crops(width: int, height: int, settings: Settings, scale: float) -> list[Crop]:
-    """Tiles over the whole image, resized by ``scale`` to ``full_frame_tile`` pixels a side."""
+def full_frame_crops(width: int, height: int, settings: Settings, scale: float,
+                     turns: int = 0) -> list[Crop]:
+    """Tiles over the whole image, resized by ``scale`` to ``full_frame_tile`` pixels a side,
+    then turned by ``turns`` counter-clockwise quarter turns."""
     size = max(32, int(settings.full_frame_tile / scale))
-    return [Crop(t, scale, "full_frame") for t in tile((0, 0, width, height), size)]
+    return [Crop(t, scale, "full_frame", turns) for t in tile((0, 0, width, height), size)]
 
 
 def plan_crops(regions: np.ndarray, width: int, height: int, settings: Settings,
@@ -93,4 +97,7 @@ def plan_crops(regions: np.ndarray, width: int, height: int, settings: Settings,
     crops = [c for c in region_crops(regions, settings) if c.scale > covered]
     for scale in scales:
         crops += full_frame_crops(width, height, settings, scale)
+    if scales and role == "face" and model in settings.face_rotation_models:
+        for degrees in settings.face_rotations:
+            crops += full_frame_crops(width, height, settings, 1.0, int(degrees) // 90)
     return crops

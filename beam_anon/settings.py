@@ -42,6 +42,10 @@ class Settings:
     model_thresholds: tuple[str, ...] = ("centerface=0.3", "yunet=0.6")
     # per-model cap on the full-frame scales, "name=scale" (yunet gains little at 2x, costs 4x)
     model_max_scales: tuple[str, ...] = ("yunet=1",)
+    # extra full-frame face passes (scale 1) on the image turned by these angles (degrees,
+    # multiples of 90): finds upside-down and lying faces; only for the models listed
+    face_rotations: tuple[int, ...] = (180,)
+    face_rotation_models: tuple[str, ...] = ("centerface",)
     nms_iou: float = 0.4
     # blur
     blur_mode: str = "gaussian"            # gaussian | pixelate | solid

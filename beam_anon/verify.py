@@ -79,7 +79,7 @@ def detect_again(anonymizer, image: np.ndarray, boxes: Detections) -> Detections
     """Verification hits in ``image`` (already anonymized): stage-2 detections scoring at least
     ``max(verify_threshold, model threshold)`` on full-frame tiles at scale 1, and on the
     :func:`recheck_crops` of ``boxes`` of the detector's role; fused, in image pixels."""
-    from beam_anon.anonymize import cut_crop, detection_copy  # anonymize imports this module
+    from beam_anon.anonymize import crop_to_image, cut_crop, detection_copy  # (import cycle)
 
     settings = anonymizer.settings
     full_height, full_width = image.shape[:2]
@@ -93,7 +93,7 @@ def detect_again(anonymizer, image: np.ndarray, boxes: Detections) -> Detections
         cut = [cut_crop(image, c) for c in crops]
         per_crop = detector.detect_batch([px for px, _ in cut],
                                          max(settings.verify_threshold, threshold))
-        found += [map_to_image(d, c.offset, s) for d, c, (_, s) in zip(per_crop, crops, cut)]
+        found += [crop_to_image(d, c, *pixels) for d, c, pixels in zip(per_crop, crops, cut)]
     hits = map_to_image(fuse(Detections.concat(found), settings.nms_iou), (0, 0), scale)
     return clip(hits, full_width, full_height)
 

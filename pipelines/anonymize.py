@@ -58,6 +58,9 @@ SETTINGS_HELP = {
     "plate_threshold": "licence-plate minimum score, 0-1 (lower blurs more)",
     "model_thresholds": "per-model minimum scores overriding the two above, e.g. "
                         "centerface=0.3,yunet=0.6",
+    "face_rotations": "extra full-frame face passes on the image turned by these angles "
+                      "(degrees, multiples of 90; e.g. 180 finds upside-down faces; empty: none)",
+    "face_rotation_models": "face models that run the turned passes",
     "model_max_scales": "per-model cap on the full-frame scales, e.g. yunet=1 (yunet skips "
                         "the 2x pass)",
     "nms_iou": "duplicate boxes overlapping more than this IoU are fused",

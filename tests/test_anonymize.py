@@ -87,3 +87,15 @@ def test_missing_detector_is_a_clear_error():
     import pytest
     with pytest.raises(ValueError, match="no detector loaded"):
         Anonymizer(Settings(), {})
+
+
+def test_turned_full_frame_pass_maps_back_to_the_same_place():
+    settings = Settings(full_frame=True, full_frame_tile=512, blur_margin_fraction=0.0,
+                        face_rotations=(90, 180, 270), face_rotation_models=("f",))
+    anon, dets = make(settings)
+    found, debug, _ = anon.detect(scene())
+    faces = found.with_label("face")
+    assert len(faces) == 1  # a wrong inverse would add a mirrored box
+    np.testing.assert_allclose(faces.xyxy[0], [240, 120, 260, 140], atol=1.0)
+    assert {c.turns for c in debug.crops} == {0, 1, 2, 3}
+    assert any(shape[0] > shape[1] for shape in dets["f"].seen_shapes)  # 90-degree tiles seen

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from beam_anon.boxes import (Detections, clip, expand, fuse, iou_matrix, map_to_image,
-                             merge_regions, nms)
+                             merge_regions, nms, unrotate)
 
 
 def dets(boxes, scores=None, label="face"):
@@ -87,3 +87,13 @@ def test_small_box_far_away_not_merged():
 
 def test_merge_empty():
     assert merge_regions(np.zeros((0, 4)), 100, 100).shape == (0, 4)
+
+
+@pytest.mark.parametrize("k", [0, 1, 2, 3])
+def test_unrotate_inverts_rot90(k):
+    img = np.zeros((60, 100), np.uint8)
+    img[10:20, 30:50] = 1                      # a box at x 30-50, y 10-20
+    rot = np.rot90(img, k)
+    ys, xs = np.nonzero(rot)
+    found = dets([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]])
+    np.testing.assert_allclose(unrotate(found, k, 100, 60).xyxy[0], [30, 10, 50, 20])

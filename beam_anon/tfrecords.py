@@ -4,10 +4,9 @@
       | AnonymizeExamples(settings, TFRecordConfig())     # (new bytes|None, raw|None, [records])
       | WriteTFRecords("/out", num_shards=8)              # OUTPUT/data-*.tfrecord[.gz] + manifest
 
-* Reading: Beam FileSystems (compression explicit, or ``auto``: extension, then gzip magic) and
-  the TFRecord CRCs. A data-CRC failure fails that record (raw bytes kept for dead letters); a
-  bad length CRC, truncation or a broken compressed stream fails "the rest of the shard" as one
-  record. Nothing crashes the pipeline.
+* Reading is :mod:`beam_anon.tfrecord_reader`: a data-CRC failure fails that record (raw bytes
+  kept for dead letters); a bad length CRC, truncation or a broken compressed stream fails "the
+  rest of the shard" as one record. Nothing crashes the pipeline.
 * Each image (every value of every ``image_keys`` feature) goes through the shared per-image
   core (:meth:`beam_anon.transforms.AnonymizeFn.anonymize_pixels`) and is re-encoded in its own
   format and its stored orientation (``tf.io.decode_jpeg`` ignores EXIF, so the dataset's boxes
@@ -28,29 +27,23 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import struct
 import time
 from dataclasses import dataclass
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.io import fileio
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.tfrecordio import WriteToTFRecord, _TFRecordUtil
+from apache_beam.io.tfrecordio import WriteToTFRecord
 from apache_beam.metrics import Metrics
 
 from beam_anon import image_io
 from beam_anon.manifest import STATUS_OK, ManifestRecord
-from beam_anon.transforms import (NAMESPACE, AnonymizeFn, _default_factory, glob_prefix,
-                                  manifest_path, relative_key)
+from beam_anon.tfrecord_reader import (COMPRESSIONS, ReadTFRecordShards,
+                                       resolve_output_compression)
+from beam_anon.transforms import NAMESPACE, AnonymizeFn, _default_factory, manifest_path
 
 log = logging.getLogger(__name__)
 
-#: --tfrecord_compression / --output_compression values -> Beam compression types
-COMPRESSIONS = {"auto": CompressionTypes.AUTO, "uncompressed": CompressionTypes.UNCOMPRESSED,
-                "gzip": CompressionTypes.GZIP, "deflate": CompressionTypes.DEFLATE}
-MAX_RECORD_BYTES = 1 << 30  # a longer length field is treated as corruption
 _JPEG, _PNG = b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"
 # EXIF orientation -> the orientation that undoes it (image_io.apply_orientation)
 _INVERSE_ORIENTATION = {6: 8, 8: 6}
@@ -58,6 +51,11 @@ _INVERSE_ORIENTATION = {6: 8, 8: 6}
 
 @dataclass(frozen=True)
 class TFRecordConfig:
+    """What to anonymize in each Example: ``image_keys`` (bytes features, all required; every
+    value is an image), ``key_features`` (names for the manifest ``key``, first present wins),
+    ``add_boxes`` (write the blurred boxes as features), ``keep_other_images`` (allow JPEG/PNG
+    bytes under other keys instead of failing the Example)."""
+
     image_keys: tuple[str, ...] = ("image/encoded",)
     key_features: tuple[str, ...] = ("image/filename", "image/source_id")
     add_boxes: bool = False
@@ -66,98 +64,6 @@ class TFRecordConfig:
 
 class TFRecordError(ValueError):
     """A record or Example that cannot be processed (message says why)."""
-
-
-# --- reading ------------------------------------------------------------------------------------
-
-def _read_exact(f, n: int) -> bytes:
-    chunks, got = [], 0
-    while got < n:
-        chunk = f.read(n - got)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        got += len(chunk)
-    return b"".join(chunks)
-
-
-def read_records(f):
-    """Yield ``(data, None)`` per good record of an open TFRecord stream, ``(data, error)`` for
-    a record whose data CRC fails, and a final ``(None, error)`` when the stream cannot be
-    followed any further (truncated, bad length CRC)."""
-    crc = _TFRecordUtil._masked_crc32c
-    while True:
-        header = _read_exact(f, 12)
-        if not header:
-            return
-        if len(header) < 12:
-            yield None, "truncated record header at end of shard"
-            return
-        length, length_crc = struct.unpack("<QI", header)
-        if length_crc != crc(header[:8]) or length > MAX_RECORD_BYTES:
-            yield None, "corrupt record length (CRC mismatch); rest of the shard unreadable"
-            return
-        body = _read_exact(f, length + 4)
-        if len(body) < length + 4:
-            yield None, "truncated record at end of shard"
-            return
-        data = body[:length]
-        if struct.unpack("<I", body[length:])[0] != crc(data):
-            yield data, "corrupt record data (CRC mismatch)"
-        else:
-            yield data, None
-
-
-def shard_compression(path: str, compression: str) -> str:
-    """Beam compression type of one shard: explicit, else by extension, else gzip magic."""
-    if compression != "auto":
-        return COMPRESSIONS[compression]
-    detected = CompressionTypes.detect_compression_type(path)
-    if detected != CompressionTypes.UNCOMPRESSED:
-        return detected
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        return CompressionTypes.GZIP if f.read(2) == b"\x1f\x8b" else detected
-
-
-class _ReadShardFn(beam.DoFn):
-    def __init__(self, prefix: str, compression: str):
-        self.prefix, self.compression = prefix, compression
-        self.shards = Metrics.counter(NAMESPACE, "tfrecord_shards")
-
-    def process(self, metadata):
-        path = metadata.path
-        rel = relative_key(path, self.prefix)
-        index = 0
-        self.shards.inc()
-        try:
-            kind = shard_compression(path, self.compression)
-            with FileSystems.open(path, compression_type=kind) as f:
-                for data, error in read_records(f):
-                    yield path, rel, index, data, error
-                    index += 1
-        except Exception as e:  # undecompressible or unreadable: the rest of the shard fails
-            yield path, rel, index, None, f"shard unreadable from here: {type(e).__name__}: {e}"
-
-
-class ReadTFRecordShards(beam.PTransform):
-    """``PBegin -> (shard path, shard key, record index, bytes | None, error | None)``.
-    ``compression``: a key of :data:`COMPRESSIONS`. No match is an error."""
-
-    def __init__(self, file_pattern: str, compression: str = "auto"):
-        super().__init__()
-        if compression not in COMPRESSIONS:
-            raise ValueError(f"compression {compression!r}: one of {', '.join(COMPRESSIONS)}")
-        self.file_pattern, self.compression = file_pattern, compression
-
-    def expand(self, pbegin):
-        return (pbegin
-                | "Match" >> fileio.MatchFiles(
-                    self.file_pattern,
-                    empty_match_treatment=fileio.EmptyMatchTreatment.DISALLOW)
-                | "SpreadShards" >> beam.Reshuffle()
-                | "ReadShards" >> beam.ParDo(
-                    _ReadShardFn(glob_prefix(self.file_pattern), self.compression))
-                | "SpreadRecords" >> beam.Reshuffle())
 
 
 # --- anonymizing ---------------------------------------------------------------------------------
@@ -405,22 +311,6 @@ class TFRecordOptions(beam.options.pipeline_options.PipelineOptions):
     def config(self) -> TFRecordConfig:
         return TFRecordConfig(_csv(self.image_keys), _csv(self.key_features),
                               bool(self.tfrecord_add_boxes), bool(self.tfrecord_keep_other_images))
-
-
-def resolve_output_compression(pattern: str, compression: str, output: str | None) -> str:
-    """``output`` if given; else the input's: explicit, else detected from the glob's extension,
-    else (local globs) from the first matching shard; else uncompressed."""
-    if output:
-        return output
-    if compression != "auto":
-        return compression
-    names = {v: k for k, v in COMPRESSIONS.items()}
-    detected = CompressionTypes.detect_compression_type(pattern)
-    if detected == CompressionTypes.UNCOMPRESSED and "://" not in pattern:
-        matched = FileSystems.match([pattern])[0].metadata_list
-        if matched:
-            detected = shard_compression(matched[0].path, "auto")
-    return names.get(detected, "uncompressed")
 
 
 def build(pipeline, opts, anonymizer_factory=None):

@@ -12,7 +12,7 @@ import pytest
 from apache_beam.io.tfrecordio import _TFRecordUtil
 from PIL import Image
 
-from beam_anon import tfrecords
+from beam_anon import tfrecord_reader, tfrecords
 from beam_anon.boxes import Detections
 from beam_anon.image_io import apply_orientation, decode, encode
 from beam_anon.settings import Settings
@@ -253,7 +253,7 @@ def test_read_records_stops_cleanly_on_a_corrupt_length():
     _TFRecordUtil.write_record(buf, good)
     data = bytearray(buf.getvalue())
     data[16 + len(good) + 1] ^= 1  # second record's length
-    out = list(tfrecords.read_records(io.BytesIO(bytes(data))))
+    out = list(tfrecord_reader.read_records(io.BytesIO(bytes(data))))
     assert out[0] == (good, None) and out[1][0] is None and "corrupt record length" in out[1][1]
     assert len(out) == 2
 

@@ -2,7 +2,7 @@
 
     p | ReadTFRecordShards("/data/train-*.tfrecord.gz")   # (path, rel, index, bytes|None, error)
       | AnonymizeExamples(settings, TFRecordConfig())     # (new bytes|None, raw|None, [records])
-      | WriteTFRecords("/out", num_shards=8)              # OUTPUT/data-*.tfrecord[.gz] + manifest
+      | WriteTFRecords("/out", num_shards=8)              # data-*.tfrecord[.gz], manifest, review
 
 * Reading is :mod:`beam_anon.tfrecord_reader`: a data-CRC failure fails that record (raw bytes
   kept for dead letters); a bad length CRC, truncation or a broken compressed stream fails "the
@@ -40,7 +40,7 @@ from beam_anon import image_io
 from beam_anon.manifest import STATUS_OK, ManifestRecord
 from beam_anon.tfrecord_reader import (COMPRESSIONS, ReadTFRecordShards,
                                        resolve_output_compression)
-from beam_anon.transforms import NAMESPACE, AnonymizeFn, _default_factory, manifest_path
+from beam_anon.transforms import NAMESPACE, AnonymizeFn, WriteManifest, _default_factory
 
 log = logging.getLogger(__name__)
 
@@ -237,8 +237,10 @@ class WriteTFRecords(beam.PTransform):
 
     Writes ok Examples to ``OUTPUT/data-SSSSS-of-NNNNN.tfrecord[.gz]`` (``num_shards`` 0: the
     runner decides), with ``dead_letter`` the raw failed records to
-    ``OUTPUT/dead_letter-SSSSS-of-NNNNN.tfrecord[.gz]``, and every record to
-    ``OUTPUT/manifest.jsonl`` only after those files are final. ``compression``: ``uncompressed``,
+    ``OUTPUT/dead_letter-SSSSS-of-NNNNN.tfrecord[.gz]``, and, only after those files are final,
+    every record to ``OUTPUT/manifest.jsonl`` and the review queue (failed Examples' images and
+    records with a ``review``) to ``OUTPUT/review.jsonl``, exactly as for image folders
+    (:class:`beam_anon.transforms.WriteManifest`). ``compression``: ``uncompressed``,
     ``gzip`` or ``deflate``."""
 
     def __init__(self, output_dir: str, num_shards: int = 0, compression: str = "uncompressed",
@@ -264,10 +266,7 @@ class WriteTFRecords(beam.PTransform):
         output_glob = FileSystems.join(self.output_dir, "data-*" + suffix_for(self.compression))
         records = pcoll | "Records" >> beam.FlatMap(_final_records, output_glob,
                                                     beam.pvalue.AsList(files))
-        _ = (records
-             | "ToJson" >> beam.Map(ManifestRecord.to_json)
-             | "WriteManifest" >> beam.io.WriteToText(
-                 manifest_path(self.output_dir), shard_name_template=""))
+        _ = records | "WriteRecords" >> WriteManifest(self.output_dir)
         return records
 
 

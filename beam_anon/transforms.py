@@ -284,9 +284,8 @@ class WriteAnonymized(beam.PTransform):
     """``(key, bytes | None, ManifestRecord) -> ManifestRecord`` (final, with ``output``).
 
     Writes each ok image to ``output_dir/key`` atomically, then its record to
-    ``output_dir/.records/`` (:mod:`beam_anon.records`), and at the end every record to
-    ``output_dir/manifest.jsonl`` (one JSON object per line; schema in ``beam_anon.manifest``)
-    and the review queue ``output_dir/review.jsonl`` (``ManifestRecord.review_item`` lines).
+    ``output_dir/.records/`` (:mod:`beam_anon.records`), and at the end ``manifest.jsonl`` and
+    ``review.jsonl`` (:class:`WriteManifest`).
     A write failure or an unsafe key turns the record into ``failed``.
     """
 
@@ -296,19 +295,42 @@ class WriteAnonymized(beam.PTransform):
 
     def expand(self, pcoll):
         records = pcoll | "WriteImages" >> beam.ParDo(_WriteFn(self.output_dir))
-        _ = (records
-             | "ToJson" >> beam.Map(ManifestRecord.to_json)
-             | "WriteManifest" >> beam.io.WriteToText(
-                 manifest_path(self.output_dir), shard_name_template=""))
-        _ = (records  # the review queue: failures, verification hits, near-threshold detections
-             | "ReviewItems" >> beam.FlatMap(lambda r: [r.review_item()] if r.review_item() else [])
-             | "ReviewJson" >> beam.Map(json.dumps, ensure_ascii=False, separators=(",", ":"))
-             | "WriteReview" >> beam.io.WriteToText(
-                 FileSystems.join(self.output_dir, REVIEW_NAME), shard_name_template=""))
+        _ = records | "WriteRecords" >> WriteManifest(self.output_dir)
         return records
 
 
+def _review_items(record: ManifestRecord) -> list[dict]:
+    item = record.review_item()
+    return [item] if item else []
+
+
+class WriteManifest(beam.PTransform):
+    """``ManifestRecord ->`` the run's record files, shared by every input format.
+
+    Writes every record to ``output_dir/manifest.jsonl`` (one JSON object per line; schema in
+    ``beam_anon.manifest``) and the review queue -- failures, verification hits, near-threshold
+    detections -- to ``output_dir/review.jsonl`` (one ``ManifestRecord.review_item`` per line;
+    the file exists, possibly empty, after every run). Records must be final (``output`` filled
+    in) when they arrive. Returns the manifest ``WriteToText``'s result (the file name)."""
+
+    def __init__(self, output_dir: str):
+        super().__init__()
+        self.output_dir = output_dir
+
+    def expand(self, records):
+        _ = (records
+             | "ReviewItems" >> beam.FlatMap(_review_items)
+             | "ReviewJson" >> beam.Map(json.dumps, ensure_ascii=False, separators=(",", ":"))
+             | "WriteReview" >> beam.io.WriteToText(
+                 FileSystems.join(self.output_dir, REVIEW_NAME), shard_name_template=""))
+        return (records
+                | "ToJson" >> beam.Map(ManifestRecord.to_json)
+                | "WriteManifest" >> beam.io.WriteToText(
+                    manifest_path(self.output_dir), shard_name_template=""))
+
+
 def manifest_path(output_dir: str) -> str:
+    """``output_dir/manifest.jsonl``."""
     return FileSystems.join(output_dir, MANIFEST_NAME)
 
 

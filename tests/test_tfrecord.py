@@ -2,8 +2,10 @@
 are accounted for (and dead-lettered), gzip in -> gzip out; then the real models on real images."""
 from __future__ import annotations
 
+import dataclasses
 import glob
 import io
+import json
 import os
 import struct
 
@@ -17,7 +19,7 @@ from beam_anon.boxes import Detections
 from beam_anon.image_io import apply_orientation, decode, encode
 from beam_anon.settings import Settings
 from pipelines import anonymize as cli
-from test_pipeline import _manifest, fake_factory  # fake: blacks out the centre quarter
+from test_pipeline import FakeAnonymizer, _manifest, fake_factory  # fake: blacks the centre out
 
 tf = pytest.importorskip("tensorflow")
 RUNNER = "--runner=FnApiRunner"
@@ -167,6 +169,58 @@ def test_only_images_change_failures_accounted_for_and_dead_lettered(dataset, tm
     corrupt = bytearray(raws[3])
     corrupt[len(corrupt) // 2] ^= 0xFF
     assert sorted(dead) == sorted([bytes(corrupt), raws[4], raws[5], raws[6]])
+
+
+REVIEW = {"reasons": ["verify_survived"],
+          "boxes": [{"label": "face", "score": 0.7, "x0": 1.0, "y0": 2.0, "x1": 5.0, "y1": 6.0,
+                     "reason": "verify_survived"}]}
+
+
+class ReviewingFake(FakeAnonymizer):
+    """The fake, plus: a 17-pixel-wide image comes back with a ``review`` (as verify would)."""
+
+    def run(self, image, keep_debug=False):
+        result = super().run(image, keep_debug)
+        return dataclasses.replace(result, review=REVIEW) if image.shape[1] == 17 else result
+
+
+def reviewing_factory(settings, models_dir):
+    return ReviewingFake()
+
+
+def test_review_queue_holds_failed_and_flagged_images(tmp_path):
+    """OUTPUT/review.jsonl is written for TFRecord runs as for image folders: failed images
+    (including the siblings of a failed image in the same Example) and images with a review."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    grey = np.full((24, 40, 3), 150, np.uint8)
+    _write_tfrecord(src / "s.tfrecord", [
+        _example(_jpeg(grey), "fine.jpg"), _example(_jpeg(grey[:, :17]), "flagged.jpg"),
+        _example(_jpeg(grey[:, :13]), "explodes.jpg"), _example(None, "noimage.jpg"),
+        _example(None, "pair.jpg", **{"image/encoded": [_jpeg(grey), _jpeg(grey[:, :13])]})])
+    cli.main(["--input_format", "tfrecord", "--input", f"{src}/*", "--output", str(out), RUNNER],
+             anonymizer_factory=reviewing_factory)
+    records = _manifest(out)
+    assert records["flagged.jpg"].ok and records["flagged.jpg"].needs_review
+    assert not records["fine.jpg"].needs_review
+    items = [json.loads(line) for line in (out / "review.jsonl").read_text().splitlines()]
+    by_key = {i["key"]: i for i in items}
+    assert len(by_key) == len(items)
+    assert set(by_key) == {"flagged.jpg", "explodes.jpg", "noimage.jpg",
+                           "pair.jpg|image/encoded[0]", "pair.jpg|image/encoded[1]"}
+    flagged = by_key["flagged.jpg"]
+    assert (flagged["status"], flagged["reasons"], flagged["boxes"], flagged["error"]) == (
+        "ok", ["verify_survived"], REVIEW["boxes"], None)
+    assert flagged["output"] == f"{out}/data-*.tfrecord"
+    assert flagged["input"] == f"{src}/s.tfrecord#1"
+    for key in ("explodes.jpg", "noimage.jpg", "pair.jpg|image/encoded[0]",
+                "pair.jpg|image/encoded[1]"):
+        item = by_key[key]
+        assert (item["status"], item["reasons"], item["output"]) == ("failed", ["failed"], None)
+        assert item["error"] == records[key].error
+    assert by_key["explodes.jpg"]["error"] == "detector exploded"
+    assert "no image bytes under feature" in by_key["noimage.jpg"]["error"]
+    assert "Example not written" in by_key["pair.jpg|image/encoded[0]"]["error"]
 
 
 def test_gzip_in_gzip_out_and_boxes_added(tmp_path):

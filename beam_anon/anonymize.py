@@ -6,6 +6,7 @@ image -> stage 1 (persons, vehicles) -> merged regions -> crops (+ full-frame ti
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Mapping
@@ -141,8 +142,9 @@ class Anonymizer:
             debug = DebugInfo(
                 map_to_image(debug.stage1, (0, 0), scale),
                 np.asarray(debug.regions).reshape(-1, 4) / np.array([sx, sy, sx, sy]),
-                [Crop((round(c.xyxy[0] / sx), round(c.xyxy[1] / sy), round(c.xyxy[2] / sx),
-                       round(c.xyxy[3] / sy)), c.scale * sx, c.source) for c in debug.crops],
+                [dataclasses.replace(c, xyxy=(round(c.xyxy[0] / sx), round(c.xyxy[1] / sy),
+                                              round(c.xyxy[2] / sx), round(c.xyxy[3] / sy)),
+                                     scale=c.scale * sx) for c in debug.crops],
                 map_to_image(debug.stage2, (0, 0), scale),
                 map_to_image(debug.near_misses, (0, 0), scale))
         blurred_boxes = clip(expand(found, self.settings.blur_margin_fraction, 1.0), width, height)

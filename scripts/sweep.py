@@ -18,6 +18,7 @@ from multiprocessing import Pool
 
 from beam_anon import evaluate
 from beam_anon.anonymize import load_anonymizer
+from beam_anon.boxes import clip, expand
 from beam_anon.image_io import decode
 from beam_anon.settings import Settings
 
@@ -39,7 +40,6 @@ def _one(path: str) -> dict:
     t = time.perf_counter()
     found, _, timings = _anon.detect(image.pixels)
     h, w = image.pixels.shape[:2]
-    from beam_anon.boxes import clip, expand
     boxes = clip(expand(found, _anon.settings.blur_margin_fraction, 1.0), w, h)
     return {"input": path, "status": "ok", "width": w, "height": h,
             "boxes": boxes.to_records(), "seconds": time.perf_counter() - t}

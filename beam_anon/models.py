@@ -32,11 +32,12 @@ import zipfile
 from functools import lru_cache
 from typing import Iterable, Sequence
 
+from beam_anon import derived, runtime
 from beam_anon.detectors import Detector, build_detector
 
 #: how many times each model was loaded in this process (``get_detector`` loads each once)
 LOAD_COUNTS: dict[str, int] = {}
-_DETECTORS: dict[tuple[str, str], Detector] = {}
+_DETECTORS: dict[tuple[str, str, str, str], Detector] = {}
 _LOCK = threading.Lock()
 
 
@@ -182,20 +183,29 @@ def _extract(entry: dict, archive: str, root: str, names: Iterable[str]) -> None
 
 
 def _fetch_local(entry: dict, root: str) -> bool:
-    """Make ``root`` hold the entry's verified files; returns True if anything was fetched."""
+    """Make ``root`` hold the entry's verified files and its derived variants (graph-fixed,
+    INT8: ``beam_anon.derived``, calibrated on the sample photos, fetched next to ``root``);
+    returns True if anything was fetched or made."""
     with _dir_lock(root):
         missing = _missing_files(entry, root)
-        if not missing:
-            return False
-        with tempfile.TemporaryDirectory(prefix="beam_anon_pip_") as tmp:
-            archive = _pip_download(entry, tmp)
-            _extract(entry, archive, root, missing)
-        return True
+        if missing:
+            with tempfile.TemporaryDirectory(prefix="beam_anon_pip_") as tmp:
+                archive = _pip_download(entry, tmp)
+                _extract(entry, archive, root, missing)
+        samples_dir = os.path.join(os.path.dirname(os.path.abspath(root)), "samples")
+        made = derived.ensure(entry, root, lambda: fetch_samples(samples_dir))
+        return bool(missing or made)
+
+
+def _derived_files(entry: dict) -> list[str]:
+    """Relative paths of the entry's derived files and their provenance records."""
+    return [rel for recipe in entry.get("derived", {}).values()
+            for rel in (recipe["file"], recipe["file"] + ".json")]
 
 
 def _copy_remote(src: str, dst: str, digest: str, upload: bool) -> None:
     """Copy one file between a Beam filesystem and the local disk (``upload`` chooses the
-    direction); a download is verified against ``digest``."""
+    direction); a download is verified against ``digest`` (when given)."""
     from apache_beam.io.filesystems import FileSystems
     if upload:
         with open(src, "rb") as f, FileSystems.create(dst) as out:
@@ -207,7 +217,7 @@ def _copy_remote(src: str, dst: str, digest: str, upload: bool) -> None:
         with os.fdopen(fd, "wb") as out, FileSystems.open(src) as f:
             shutil.copyfileobj(f, out)
         got = sha256_file(tmp)
-        if got != digest:
+        if digest and got != digest:  # derived files: checked against their provenance after
             raise ModelError(f"{src}: sha256 {got}, expected {digest}")
         os.chmod(tmp, 0o755)
         os.replace(tmp, dst)
@@ -237,12 +247,19 @@ def ensure_model(name: str, models_dir: str | None = None, allow_fetch: bool = T
     from apache_beam.io.filesystems import FileSystems
     root = os.path.join(remote_cache_dir(models_dir), name)
     with _dir_lock(root):
-        for rel in _missing_files(entry, root):
+        stale = [v for v in entry.get("derived", {}) if not derived.is_current(entry, root, v)]
+        wanted = _missing_files(entry, root) + [
+            rel for v in stale for rel in (entry["derived"][v]["file"],
+                                           entry["derived"][v]["file"] + ".json")]
+        for rel in wanted:
             src = FileSystems.join(models_dir, name, rel)
             if not FileSystems.exists(src):
                 raise ModelError(f"{src} does not exist: run `python -m beam_anon.models fetch "
                                  f"--models_dir {models_dir} {name}` first")
-            _copy_remote(src, os.path.join(root, rel), entry["files"][rel], upload=False)
+            _copy_remote(src, os.path.join(root, rel), entry["files"].get(rel, ""),
+                         upload=False)
+        for v in stale:  # copied down: checked against their provenance records
+            derived.verified_file(entry, root, v)
     return root
 
 
@@ -264,7 +281,7 @@ def fetch(names: Sequence[str] | None = None, models_dir: str | None = None,
             from apache_beam.io.filesystems import FileSystems
             root = os.path.join(remote_cache_dir(models_dir), name)
             fetched = _fetch_local(entry, root)
-            for rel in entry["files"]:
+            for rel in list(entry["files"]) + _derived_files(entry):
                 dst = FileSystems.join(models_dir, name, rel)
                 if not FileSystems.exists(dst):
                     _copy_remote(os.path.join(root, rel), dst, "", upload=True)
@@ -296,17 +313,23 @@ def fetch_samples(dest_dir: str | None = None, names: Sequence[str] | None = Non
     return paths
 
 
-def get_detector(name: str, models_dir: str | None = None) -> Detector:
-    """The loaded detector ``name``, created once per process (fetching/verifying its files
-    first) and shared afterwards; ``LOAD_COUNTS[name]`` counts the loads."""
-    key = (name, models_dir or default_models_dir())
+def get_detector(name: str, models_dir: str | None = None, precision: str = "float",
+                 device: str = "auto") -> Detector:
+    """The loaded detector ``name`` in the variant ``precision`` selects
+    (``beam_anon.runtime.variant_of``) on ``device``, created once per process (fetching and
+    verifying its files first) and shared afterwards; ``LOAD_COUNTS[name]`` counts the loads."""
+    spec = model_info(name)
+    if spec["role"] == "sample":
+        raise ModelError(f"{name!r} is a sample image, not a model")
+    variant = runtime.variant_of(spec, precision)
+    key = (name, models_dir or default_models_dir(), variant, device)
     with _LOCK:
         det = _DETECTORS.get(key)
         if det is None:
-            spec = model_info(name)
-            if spec["role"] == "sample":
-                raise ModelError(f"{name!r} is a sample image, not a model")
-            det = build_detector(spec, ensure_model(name, key[1]))
+            root = ensure_model(name, key[1])
+            if variant != "original":
+                derived.verified_file(spec, root, variant)
+            det = build_detector(spec, root, variant, device)
             _DETECTORS[key] = det
             LOAD_COUNTS[name] = LOAD_COUNTS.get(name, 0) + 1
         return det
@@ -324,6 +347,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p_list = sub.add_parser("list", help="list models and whether they are fetched")
     p_list.add_argument("--models_dir", default=None)
+    p_list.add_argument("--graphs", action="store_true",
+                        help="also show each ONNX file's graph facts (opset, inputs, weights "
+                             "listed as inputs, outputs, op counts)")
     p_fetch = sub.add_parser("fetch", help="fetch and verify models (default: all)")
     p_fetch.add_argument("--models_dir", default=None)
     p_fetch.add_argument("--with-samples", action="store_true",
@@ -344,6 +370,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                            else "yes" if _is_fetched(name, models_dir) else "no")
                 print(f"{name:18} {e['role']:7} {str(e['permissive']).lower():10} {fetched:7} "
                       f"{e['package'] + '==' + e['version']:20} {e['licence']}")
+            print("\nderived files (made by fetch from the files above; beam_anon.derived):")
+            for name in model_names():
+                root = (os.path.join(remote_cache_dir(models_dir), name)
+                        if is_remote(models_dir) else os.path.join(models_dir, name))
+                for line in derived.describe(_entries()[name], root, args.graphs):
+                    print(line)
         elif args.command == "fetch":
             models_dir = args.models_dir or default_models_dir()
             fetch(args.names or None, models_dir, log=print)

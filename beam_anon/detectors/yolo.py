@@ -8,34 +8,24 @@ pixels of the input image. Labels are ``spec["classes"]`` (COCO names; ``plate``
 """
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import cv2
 import numpy as np
 
+from beam_anon import runtime
 from beam_anon.boxes import Detections
-from beam_anon.detectors import Detector, ort_session
+from beam_anon.detectors import Detector
 
 #: anchors kept (best scores first) before NMS, to bound the cost at very low thresholds
 MAX_CANDIDATES = 3000
 
 
-def _first_output_only(path: str) -> str | bytes:
-    """The model cut down to what ``output0`` needs: a segmentation model's mask-prototype
-    branch is otherwise computed on every run and thrown away (same ``output0``, bit for bit)."""
-    import onnx
-
-    model = onnx.load(path)
-    if len(model.graph.output) == 1:
-        return path
-    names = ([i.name for i in model.graph.input], [model.graph.output[0].name])
-    return onnx.utils.Extractor(model).extract_model(*names).SerializeToString()
-
-
 class YoloV8(Detector):
-    def __init__(self, spec: dict, model_dir: str):
-        self.session = ort_session(_first_output_only(os.path.join(model_dir, spec["main_file"])))
+    def __init__(self, spec: dict, model_dir: str, variant: str, device: str):
+        # the fixed variant is cut to output0: a segmentation model's mask-prototype branch is
+        # otherwise computed on every run and thrown away
+        self.session = runtime.session(runtime.model_file(spec, model_dir, variant), device)
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.output_name = self.session.get_outputs()[0].name
@@ -43,6 +33,7 @@ class YoloV8(Detector):
         h, w = inp.shape[2:]
         self.input_hw = (int(h), int(w)) if isinstance(h, int) and isinstance(w, int) else (640, 640)
         self.dynamic_batch = not isinstance(inp.shape[0], int)
+        self.canvas = self.input_hw[::-1]
         self.classes = np.asarray(spec["classes"], dtype=object)
         self.nms_iou = float(spec.get("nms_iou", 0.45))
 
@@ -85,6 +76,12 @@ class YoloV8(Detector):
         keep = np.sort(np.asarray(keep, dtype=int).reshape(-1))
         dets = Detections(xyxy[keep], scores[keep], self.classes[cls[keep]])
         return dets[(dets.wh > 0).all(axis=1)] if len(dets) else dets
+
+    def calibration_feeds(self, image: np.ndarray) -> list[dict]:
+        return [{self.input_name: self.letterbox(image)[0][None]}]
+
+    def input_pixels(self, image: np.ndarray) -> int:
+        return self.input_hw[0] * self.input_hw[1]
 
     def detect(self, image: np.ndarray, min_score: float) -> Detections:
         blob, r, pad = self.letterbox(image)

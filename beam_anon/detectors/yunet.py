@@ -15,11 +15,12 @@ import sys
 import numpy as np
 
 from beam_anon.boxes import Detections
-from beam_anon.detectors import Detector, threads
+from beam_anon.detectors import Detector
+from beam_anon.runtime import threads
 
 
 class YuNet(Detector):
-    def __init__(self, spec: dict, model_dir: str):
+    def __init__(self, spec: dict, model_dir: str, variant: str, device: str):
         ext = [rel for rel in spec["files"] if ".cpython-" in rel]
         if len(ext) != 1:
             raise ValueError(f"{spec['name']}: expected one CPython extension in the registry")

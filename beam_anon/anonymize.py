@@ -1,8 +1,9 @@
 """The whole two-stage algorithm on one image, without Beam.
 
-image -> stage 1 (persons, vehicles) -> merged regions -> crops (+ full-frame tiles)
-      -> stage 2 (faces, plates) on every crop -> boxes mapped back to image pixels
-      -> duplicates fused -> each box enlarged by the blur margin -> blurred copy of the image.
+image -> stage 1 (persons, vehicles) -> the detection plan (``beam_anon.plan``: cheap full-frame,
+vehicle and person looks, then closer looks only where something can be) -> faces and plates
+mapped back to image pixels -> duplicates fused -> each box enlarged by the blur margin ->
+blurred copy of the image. Every model pass is counted (``passes``, ``megapixels``).
 """
 from __future__ import annotations
 
@@ -11,14 +12,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Mapping
 
-import cv2
 import numpy as np
 
+from beam_anon import looks, plan, verify
 from beam_anon.blur import blur_boxes
-from beam_anon.boxes import Detections, clip, expand, fuse, map_to_image, unrotate
+from beam_anon.boxes import Detections, clip, expand, fuse, map_to_image
 from beam_anon.detectors import Detector
-from beam_anon.regions import Crop, plan_crops, stage1_regions
+from beam_anon.regions import Crop
 from beam_anon.settings import Settings
+
+ROLES = ("face", "plate")
 
 
 @dataclass
@@ -26,9 +29,8 @@ class DebugInfo:
     """What the original system's detail mode showed, all in image pixels."""
 
     stage1: Detections
-    regions: np.ndarray          # merged, padded stage-1 regions (xyxy)
-    crops: list[Crop]
-    stage2: Detections           # raw stage-2 boxes mapped back, before fusion and margin
+    crops: list[Crop]            # every crop a face or plate model saw (source says why)
+    stage2: Detections           # raw face/plate boxes mapped back, before fusion and margin
     #: fused detections in [threshold - review_band, threshold): not blurred, for review
     near_misses: Detections = field(default_factory=Detections.empty)
 
@@ -40,42 +42,7 @@ class AnonymizeResult:
     debug: DebugInfo | None
     timings: dict[str, float] = field(default_factory=dict)  # seconds per step
     review: dict | None = None   # beam_anon.verify.review_entry: why a person should look
-
-
-def cut_crop(image: np.ndarray, crop: Crop) -> tuple[np.ndarray, tuple[float, float]]:
-    """The crop's pixels resized by its scale (then turned by ``crop.turns``), and the exact
-    (sx, sy) resize factors after rounding."""
-    x0, y0, x1, y1 = crop.xyxy
-    pixels, factors = image[y0:y1, x0:x1], (1.0, 1.0)
-    if crop.scale != 1.0:
-        w, h = x1 - x0, y1 - y0
-        nw, nh = max(1, round(w * crop.scale)), max(1, round(h * crop.scale))
-        interp = cv2.INTER_LINEAR if crop.scale > 1 else cv2.INTER_AREA
-        pixels, factors = cv2.resize(pixels, (nw, nh), interpolation=interp), (nw / w, nh / h)
-    if crop.turns % 4:
-        pixels = np.ascontiguousarray(np.rot90(pixels, crop.turns))
-    return pixels, factors
-
-
-def crop_to_image(dets: Detections, crop: Crop, pixels: np.ndarray,
-                  factors: tuple[float, float]) -> Detections:
-    """Boxes found in ``pixels`` (what :func:`cut_crop` made of ``crop``) -> image pixels."""
-    if crop.turns % 4:
-        h, w = pixels.shape[:2]
-        w, h = (h, w) if crop.turns % 2 else (w, h)
-        dets = unrotate(dets, crop.turns, w, h)
-    return map_to_image(dets, crop.offset, factors)
-
-
-def detection_copy(image: np.ndarray, max_pixels: int) -> tuple[np.ndarray, tuple[float, float]]:
-    """``image`` itself if it has at most ``max_pixels`` pixels, else a copy shrunk (INTER_AREA)
-    to fit, with the exact (sx, sy) factors (copy pixels per image pixel) to map boxes back."""
-    height, width = image.shape[:2]
-    if width * height <= max_pixels:
-        return image, (1.0, 1.0)
-    f = (max_pixels / (width * height)) ** 0.5
-    nw, nh = max(1, int(width * f)), max(1, int(height * f))
-    return cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA), (nw / width, nh / height)
+    cost: looks.Cost = field(default_factory=looks.Cost)     # model passes, megapixels
 
 
 class Anonymizer:
@@ -94,71 +61,106 @@ class Anonymizer:
         self.detectors = {n: detectors[n] for n in settings.model_names()}
 
     def models(self) -> list[dict]:
-        """``[{name, sha256}]`` of every model this anonymizer uses (for the manifest)."""
-        return [{"name": n, "sha256": d.sha256} for n, d in self.detectors.items()]
+        """``[{name, variant, sha256}]`` of every model this anonymizer uses (for the manifest):
+        the sha256 is that of the file that ran (original, graph-fixed or INT8)."""
+        return [{"name": n, "variant": getattr(d, "variant", "original"), "sha256": d.sha256}
+                for n, d in self.detectors.items()]
 
-    def detect(self, image: np.ndarray) -> tuple[Detections, DebugInfo, dict[str, float]]:
-        """Faces and plates in ``image`` (fused, before the blur margin), with debug and timings."""
+    def _low(self, threshold: float) -> float:
+        """Lowest score a model reports: candidates for zooming and for review."""
+        s = self.settings
+        return max(1e-3, min(threshold, threshold - s.review_band,
+                             s.zoom_min_score if s.zoom else threshold))
+
+    def _role(self, role: str, image: np.ndarray, stage1: Detections, cost: looks.Cost,
+              seen: list[Crop]) -> tuple[Detections, Detections]:
+        """``(found, unsure)`` boxes of ``role`` after the cheap looks and the closer ones."""
+        s, (height, width) = self.settings, image.shape[:2]
+        models = [(n, d, t, s.zoom_threshold(n, r)) for n, d, r, t in self.stage2 if r == role]
+        found, unsure = [], []
+
+        def look(detector, crops, threshold, confirm=None):
+            seen.extend(crops)
+            dets = looks.run(detector, image, crops, self._low(threshold), cost)
+            sure = dets.scores >= threshold
+            if confirm is not None:  # a closer look accepts lower only where a cheap look hesitated
+                sure &= (dets.scores >= confirm[0]) | plan.agrees(dets, confirm[1])
+            found.append(dets[sure])
+            unsure.append(dets[~sure])
+
+        for name, detector, threshold, _ in models:
+            fixed = getattr(detector, "canvas", None) is not None
+            look(detector, plan.cheap_looks(role, name, stage1, width, height, s, fixed),
+                 threshold)
+        candidates = Detections.concat(unsure)
+        candidates = candidates[candidates.scores >= s.zoom_min_score]
+        closer = plan.zoom_looks(candidates, width, height, s)
+        if role == "face":
+            closer += plan.crowd_looks(Detections.concat(found), width, height, s)
+        for name, detector, threshold, closer_threshold in models:
+            if name in s.zoom_models and closer:
+                look(detector, closer, closer_threshold, (threshold, candidates))
+        if role == "face":
+            found.append(plan.head_fallback(stage1, Detections.concat(found + unsure), s))
+        return Detections.concat(found), Detections.concat(unsure)
+
+    def detect(self, image: np.ndarray) -> tuple[Detections, DebugInfo, dict[str, float],
+                                                 looks.Cost]:
+        """Faces and plates in ``image`` (fused, before the blur margin), with debug, timings
+        (seconds: ``stage1``, ``faces``, ``plates``) and cost (passes, megapixels per model)."""
         height, width = image.shape[:2]
         timings: dict[str, float] = {}
+        cost = looks.Cost()
         t = time.perf_counter()
-        stage1 = (self.stage1.detect(image, self.settings.stage1_threshold)
+        stage1 = (looks.run(self.stage1, image, [Crop((0, 0, width, height), 1.0, "stage1")],
+                            self.settings.stage1_threshold, cost)
                   if self.stage1 else Detections.empty())
         timings["stage1"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        regions = stage1_regions(stage1, width, height, self.settings)
-        plans = {name: plan_crops(regions, width, height, self.settings, role, name)
-                 for name, _, role, _ in self.stage2}
-        cut: dict[Crop, tuple[np.ndarray, tuple[float, float]]] = {}
-        found, near = [], []
-        for name, detector, role, threshold in self.stage2:
-            crops = plans[name]
-            for c in crops:
-                if c not in cut:
-                    cut[c] = cut_crop(image, c)
-            low = min(threshold, max(threshold - self.settings.review_band, 1e-3))
-            per_crop = detector.detect_batch([cut[c][0] for c in crops], low)
-            mapped = [crop_to_image(d, c, *cut[c]) for d, c in zip(per_crop, crops)]
-            found += [d[d.scores >= threshold] for d in mapped]
-            near += [d[d.scores < threshold] for d in mapped]
+        found, near, seen = [], [], []
+        for role in ROLES:
+            t = time.perf_counter()
+            sure, unsure = self._role(role, image, stage1, cost, seen)
+            found.append(sure)
+            band = np.array([self.settings.threshold(n, r) for n, _, r, _ in self.stage2
+                             if r == role] or [1.0]).min() - self.settings.review_band
+            near.append(unsure[unsure.scores >= band])
+            timings[role + "s"] = time.perf_counter() - t
         stage2 = clip(Detections.concat(found), width, height)
         near_misses = fuse(clip(Detections.concat(near), width, height), self.settings.nms_iou)
         fused = fuse(stage2, self.settings.nms_iou)
-        timings["stage2"] = time.perf_counter() - t
-        crops = list(dict.fromkeys(c for plan in plans.values() for c in plan))
-        return fused, DebugInfo(stage1, regions, crops, stage2, near_misses), timings
+        crops = list(dict.fromkeys(seen))
+        return fused, DebugInfo(stage1, crops, stage2, near_misses), timings, cost
 
     def run(self, image: np.ndarray, keep_debug: bool = False) -> AnonymizeResult:
         """Detect and blur. ``image``: upright uint8 BGR (H, W, 3). Never modifies ``image``.
         Above ``settings.detect_max_pixels`` detection runs on a shrunk copy (bounded time and
         memory); boxes are mapped back and the blur is applied at full resolution."""
         height, width = image.shape[:2]
-        small, scale = detection_copy(image, self.settings.detect_max_pixels)
-        found, debug, timings = self.detect(small)
+        small, scale = looks.detection_copy(image, self.settings.detect_max_pixels)
+        found, debug, timings, cost = self.detect(small)
         if scale != (1.0, 1.0):  # boxes back to full resolution; the blur runs there
             found = map_to_image(found, (0, 0), scale)
             sx, sy = scale
             debug = DebugInfo(
                 map_to_image(debug.stage1, (0, 0), scale),
-                np.asarray(debug.regions).reshape(-1, 4) / np.array([sx, sy, sx, sy]),
                 [dataclasses.replace(c, xyxy=(round(c.xyxy[0] / sx), round(c.xyxy[1] / sy),
                                               round(c.xyxy[2] / sx), round(c.xyxy[3] / sy)),
                                      scale=c.scale * sx) for c in debug.crops],
                 map_to_image(debug.stage2, (0, 0), scale),
                 map_to_image(debug.near_misses, (0, 0), scale))
-        blurred_boxes = clip(expand(found, self.settings.blur_margin_fraction, 1.0), width, height)
+        blurred_boxes = clip(plan.with_margins(found, self.settings), width, height)
         t = time.perf_counter()
         out = blur_boxes(image, blurred_boxes, self.settings.blur_mode, self.settings.blur_strength)
         timings["blur"] = time.perf_counter() - t
-        from beam_anon import verify  # verify imports this module
         out, blurred_boxes, review = verify.check(self, out, blurred_boxes, debug.near_misses,
-                                                  timings)
-        return AnonymizeResult(out, blurred_boxes, debug if keep_debug else None, timings, review)
+                                                  timings, cost)
+        return AnonymizeResult(out, blurred_boxes, debug if keep_debug else None, timings,
+                               review, cost)
 
 
 def load_anonymizer(settings: Settings, models_dir: str | None = None) -> Anonymizer:
     """An Anonymizer whose detectors come from the per-process model cache."""
     from beam_anon.models import get_detector  # import here: keeps this module free of I/O
 
-    return Anonymizer(settings, {n: get_detector(n, models_dir) for n in settings.model_names()})
+    return Anonymizer(settings, {n: get_detector(n, models_dir, settings.precision, settings.device)
+                                 for n in settings.model_names()})

@@ -227,3 +227,27 @@ def merge_regions(xyxy: np.ndarray, width: int, height: int, iou_threshold: floa
             if changed:
                 break
     return np.array(boxes, np.float32).reshape(-1, 4)
+
+
+def merge_overlapping(xyxy: np.ndarray) -> np.ndarray:
+    """Union boxes of the groups of (N, 4) xyxy boxes that overlap, directly or through a chain
+    of others (connected components; touching edges do not count); order not meaningful."""
+    boxes = np.asarray(xyxy, np.float32).reshape(-1, 4)
+    if len(boxes) < 2:
+        return boxes
+    lt = np.maximum(boxes[:, None, :2], boxes[None, :, :2])
+    rb = np.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
+    linked = (rb > lt).all(axis=2)
+    group = np.full(len(boxes), -1)
+    for start in range(len(boxes)):
+        if group[start] >= 0:
+            continue
+        group[start] = start
+        frontier = np.array([start])
+        while len(frontier):
+            reach = linked[frontier].any(axis=0) & (group < 0)
+            group[reach] = start
+            frontier = np.flatnonzero(reach)
+    return np.array([np.concatenate([boxes[group == g, :2].min(0), boxes[group == g, 2:].max(0)])
+                     for g in np.unique(group)], np.float32)
+

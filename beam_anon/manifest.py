@@ -21,8 +21,12 @@ boxes         list              regions actually blurred: ``{label, score, x0, y
                                 the orientation-corrected input (x1, y1 exclusive), margin included
 models        list              ``{name, sha256}`` of every model that ran
 settings      dict              every ``beam_anon.settings.Settings`` field of the run
-timings       dict              seconds per step: ``read``, ``decode``, ``stage1``, ``stage2``,
-                                ``blur``, ``verify``, ``encode`` (steps that did not run are absent)
+timings       dict              seconds per step: ``read``, ``decode``, ``stage1``, ``faces``,
+                                ``plates``, ``blur``, ``verify``, ``encode``, ``write`` (steps
+                                that did not run are absent)
+passes        dict              model passes per model (registry name) for this image, the
+                                verification pass's included: why one image was slow
+megapixels    dict              megapixels each model computed on (after its own resizing)
 needs_review  bool              true when the verification pass still detected a face or plate in
                                 the output after its last re-blur round (``beam_anon.verify``)
 review        dict | null       why a person should look: ``{reasons, boxes}``; reasons among
@@ -61,6 +65,8 @@ class ManifestRecord:
     models: list[dict] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    passes: dict[str, int] = field(default_factory=dict)
+    megapixels: dict[str, float] = field(default_factory=dict)
     needs_review: bool = False
     review: dict | None = None
 

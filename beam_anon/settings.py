@@ -16,45 +16,59 @@ DEFAULT_STAGE1_CLASSES = ("person", "bicycle", "car", "motorcycle", "bus", "truc
 class Settings:
     # models (registry names, see models/registry.json)
     stage1_model: str | None = "yolov8n-coco"
-    face_models: tuple[str, ...] = ("yunet", "centerface")
+    face_models: tuple[str, ...] = ("centerface",)
     plate_models: tuple[str, ...] = ("platedet-yolov8s", "clpdet")
+    # runtime (beam_anon.runtime): int8 | float | original model files; auto | cpu | cuda
+    precision: str = "int8"
+    device: str = "auto"
     # stage 1
     stage1_classes: tuple[str, ...] = DEFAULT_STAGE1_CLASSES
-    stage1_threshold: float = 0.25
-    # merge (the original system's rule)
-    merge_iou: float = 0.3
-    merge_small_fraction: float = 0.1
-    merge_gap_fraction: float = 0.01
-    # crops for stage 2
-    region_padding_fraction: float = 0.1   # of the region's own size, each side
-    crop_target_size: int = 640            # long side a small region is upscaled to
-    crop_max_upscale: float = 4.0
-    crop_max_size: int = 1280              # regions larger than this are split into tiles
-    # full-frame stage-2 pass so stage-1 misses do not become privacy misses
+    stage1_threshold: float = 0.15
+    merge_iou: float = 0.3                 # stage-1 boxes overlapping more become one crop
+    # the detection plan (beam_anon.plan): cheap looks
     full_frame: bool = True
-    full_frame_tile: int = 960             # tile side in pixels as stage 2 sees it
-    # resize factors of the full-frame passes, per role (2.0 = tiles upscaled 2x: small faces)
-    face_full_frame_scales: tuple[float, ...] = (1.0, 2.0)
+    full_frame_tile: int = 1280            # tile side as fixed-input models (YOLO) see it
+    full_frame_max_side: int = 2048        # any-size models see the image whole up to this side
+    face_full_frame_scales: tuple[float, ...] = (1.0,)
     plate_full_frame_scales: tuple[float, ...] = (1.0,)
+    model_max_scales: tuple[str, ...] = ("yunet=1",)   # per-model cap, "name=scale"
+    face_rotations: tuple[int, ...] = (180,)  # degrees, multiples of 90 (upside-down faces)
+    face_rotation_models: tuple[str, ...] = ("centerface",)
+    overview_size: int = 300               # plates: whole image shrunk to this long side; 0 off
+    region_padding_fraction: float = 0.1   # of a stage-1 box's own size, each side
+    vehicle_crop_sizes: tuple[int, ...] = (160, 300)  # vehicle long side as plate models see it
+    person_face_size: int = 32             # persons' head areas upscaled to this face size; 0 off
+    crop_max_upscale: float = 6.0
+    # zoom where unsure, and the crowd fallback
+    zoom: bool = True
+    zoom_models: tuple[str, ...] = ("centerface", "platedet-yolov8s")
+    zoom_min_score: float = 0.05           # candidates from here up to the threshold
+    zoom_max_size: int = 24                # pixels (long side): larger candidates are not zoomed
+    zoom_context: float = 1.0              # neighbourhood: candidate grown by this, per side
+    zoom_scale: float = 2.0
+    zoom_thresholds: tuple[str, ...] = ("centerface=0.2",)  # a closer look accepts from there
+    crowd_min_faces: int = 4               # this many faces under crowd_face_size -> crowd look
+    crowd_face_size: int = 16
+    crowd_scale: float = 2.0
+    # head fallback: blur the head area of a large person with no face found there
+    head_fallback: bool = False
+    head_fallback_min_face: int = 20       # pixels: expected face size (beam_anon.plan)
+    head_fallback_min_score: float = 0.5
     # stage 2 minimum scores: per role, overridden per model by "name=score" entries
     face_threshold: float = 0.5
-    plate_threshold: float = 0.4
+    plate_threshold: float = 0.15
     model_thresholds: tuple[str, ...] = ("centerface=0.3", "yunet=0.6")
-    # per-model cap on the full-frame scales, "name=scale" (yunet gains little at 2x, costs 4x)
-    model_max_scales: tuple[str, ...] = ("yunet=1",)
-    # extra full-frame face passes (scale 1) on the image turned by these angles (degrees,
-    # multiples of 90): finds upside-down and lying faces; only for the models listed
-    face_rotations: tuple[int, ...] = (180,)
-    face_rotation_models: tuple[str, ...] = ("centerface",)
     nms_iou: float = 0.4
     # blur
     blur_mode: str = "gaussian"            # gaussian | pixelate | solid
     blur_margin_fraction: float = 0.15     # each box grows by this fraction of its size per side
+    plate_margin_fraction: float = 0.3     # the same for plates (detectors box the characters)
     blur_strength: float = 0.25            # gaussian sigma / pixelate cell as a fraction of box size
     # verification pass and review queue (beam_anon.verify)
     verify: bool = True                    # re-detect on the blurred output, blur what survives
     verify_threshold: float = 0.6          # verification hit: score >= max(this, model threshold)
     verify_rounds: int = 2                 # re-blur rounds (strength doubles each) before review
+    verify_full_frame: bool = False        # also re-check full-frame tiles, not only blurred boxes
     review_band: float = 0.1               # detections in [threshold - band, threshold): review
     # output
     jpeg_quality: int = 95
@@ -87,6 +101,12 @@ class Settings:
         if value is not None:
             return value
         return self.face_threshold if role == "face" else self.plate_threshold
+
+    def zoom_threshold(self, model: str, role: str) -> float:
+        """Minimum score of ``model``'s closer looks (zoom, crowd): its ``zoom_thresholds``
+        entry, else :meth:`threshold` (a second look at a larger scale may accept lower)."""
+        value = self._per_model(self.zoom_thresholds, model)
+        return self.threshold(model, role) if value is None else value
 
     def full_frame_scales(self, role: str, model: str = "") -> tuple[float, ...]:
         """Scales of the full-frame passes for ``role`` and ``model``; empty when off."""

@@ -197,6 +197,10 @@ class AnonymizeFn(beam.DoFn):
         record.width, record.height, record.format = img.width, img.height, img.format
         result = self.anonymizer.run(img.pixels, keep_debug=self.debug_dir is not None)
         record.timings.update(result.timings)
+        cost = getattr(result, "cost", None)
+        if cost is not None:
+            record.passes = dict(cost.passes)
+            record.megapixels = {k: round(v, 3) for k, v in cost.megapixels.items()}
         record.boxes = result.boxes.to_records()
         record.review = getattr(result, "review", None)  # see beam_anon.verify
         record.needs_review = "verify_survived" in (record.review or {}).get("reasons", ())
@@ -338,8 +342,9 @@ def manifest_path(output_dir: str) -> str:
 
 def draw_debug(image: np.ndarray, debug, blurred) -> np.ndarray:
     """The original system's detail view, drawn on a copy of ``image`` (BGR): stage-1 boxes
-    (blue, class + score), merged regions (yellow), stage-2 crops (grey, scale), raw stage-2
-    boxes (red, label + score) and the final blurred boxes (green)."""
+    (blue, class + score), every crop a face or plate model saw (source and scale; grey full
+    frame, yellow vehicles and persons, cyan zooms), raw face/plate boxes (red, label + score)
+    and the final blurred boxes (green)."""
     view = image.copy()
     thick = max(1, round(max(image.shape[:2]) / 600))
 
@@ -350,10 +355,10 @@ def draw_debug(image: np.ndarray, debug, blurred) -> np.ndarray:
             cv2.putText(view, text, (x0 + 2, max(y0 - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX,
                         0.4 * thick, colour, width)
 
-    for crop in debug.crops:
-        box(crop.xyxy, (160, 160, 160), f"x{crop.scale:.2f}", 1)
-    for xyxy in np.asarray(debug.regions).reshape(-1, 4):
-        box(xyxy, (0, 220, 255))
+    for crop in debug.crops:  # grey: full frame and turned, yellow: stage-1 crops, cyan: zooms
+        colour = {"vehicle": (0, 220, 255), "person": (0, 220, 255), "zoom": (255, 255, 0),
+                  "crowd": (255, 255, 0)}.get(crop.source, (160, 160, 160))
+        box(crop.xyxy, colour, f"{crop.source} x{crop.scale:.2f}", 1)
     for xyxy, score, label in zip(debug.stage1.xyxy, debug.stage1.scores, debug.stage1.labels):
         box(xyxy, (255, 90, 0), f"{label} {score:.2f}")
     for xyxy in blurred.xyxy:

@@ -1,9 +1,11 @@
 """Verification pass and review entries: does anything still look like a face or plate after the blur?
 
 After :class:`beam_anon.anonymize.Anonymizer` blurs an image, :func:`verify_blur` runs the same
-stage-2 detectors again on the **anonymized** pixels: full-frame tiles at scale 1, plus every
-small blurred region cut out with context (:data:`CONTEXT_FRACTION` of its size per side) and
-upscaled (:func:`recheck_crops`) for the detectors of its role. A detection scoring at least
+stage-2 detectors again on the **anonymized** pixels, where they could still find something:
+every blurred region cut out with context (:data:`CONTEXT_FRACTION` of its size per side) and
+resized so the region is :data:`RECHECK_BOX_SIZE` pixels (:func:`recheck_crops`), for the
+detectors of its role, packed into shared canvases (one or two passes per model), plus the
+full-frame tiles at scale 1 when ``verify_full_frame``. A detection scoring at least
 ``max(settings.verify_threshold, the model's own threshold)`` is a *hit*:
 
 * a hit over a blurred region means the blur left something detectable: that region and the hit
@@ -22,9 +24,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from beam_anon import looks, plan
 from beam_anon.blur import blur_boxes
 from beam_anon.boxes import Detections, clip, expand, fuse, map_to_image
-from beam_anon.regions import Crop, full_frame_crops
+from beam_anon.regions import Crop, int_box, scaled_tiles
 
 CONTEXT_FRACTION = 0.5     # context around a blurred region when it is re-checked, per side
 RECHECK_BOX_SIZE = 96      # pixels: a blurred region's long side as the re-check sees it
@@ -61,54 +64,54 @@ def _covered(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def recheck_crops(boxes: Detections, width: int, height: int, settings) -> list[Crop]:
     """Crops of the blurred ``boxes`` (one role's), each with :data:`CONTEXT_FRACTION` context
-    per side, upscaled so the box's long side reaches :data:`RECHECK_BOX_SIZE` pixels (at most
-    ``crop_max_upscale``); boxes that would not be upscaled are left to the full-frame tiles."""
+    per side, resized so the box's long side is :data:`RECHECK_BOX_SIZE` pixels (upscaled at
+    most ``crop_max_upscale``; large boxes are shrunk, which makes a face left recognisable
+    easier, not harder, to find)."""
     context = clip(expand(boxes, CONTEXT_FRACTION, 4.0), width, height)
     crops = []
     for box, ctx in zip(boxes.xyxy, context.xyxy):
         scale = min(settings.crop_max_upscale,
                     RECHECK_BOX_SIZE / max(float((box[2:] - box[:2]).max()), 1.0))
-        if scale > 1.0:
-            x0, y0 = int(np.floor(ctx[0])), int(np.floor(ctx[1]))
-            crops.append(Crop((x0, y0, int(np.ceil(ctx[2])), int(np.ceil(ctx[3]))), scale,
-                              "verify"))
+        rect = int_box(ctx, width, height)
+        if rect is not None:
+            crops.append(Crop(rect, scale, "verify"))
     return crops
 
 
-def detect_again(anonymizer, image: np.ndarray, boxes: Detections) -> Detections:
+def detect_again(anonymizer, image: np.ndarray, boxes: Detections,
+                 cost: looks.Cost | None = None) -> Detections:
     """Verification hits in ``image`` (already anonymized): stage-2 detections scoring at least
-    ``max(verify_threshold, model threshold)`` on full-frame tiles at scale 1, and on the
-    :func:`recheck_crops` of ``boxes`` of the detector's role; fused, in image pixels."""
-    from beam_anon.anonymize import crop_to_image, cut_crop, detection_copy  # (import cycle)
-
+    ``max(verify_threshold, model threshold)`` on the :func:`recheck_crops` of ``boxes`` of the
+    detector's role (and on full-frame tiles at scale 1 when ``verify_full_frame``); fused, in
+    image pixels."""
     settings = anonymizer.settings
     full_height, full_width = image.shape[:2]
-    image, scale = detection_copy(image, settings.detect_max_pixels)  # bounded, like detect()
+    image, scale = looks.detection_copy(image, settings.detect_max_pixels)  # as detect() does
     height, width = image.shape[:2]
     small_boxes = map_to_image(boxes, (0, 0), (1 / scale[0], 1 / scale[1]))
-    tiles = full_frame_crops(width, height, settings, 1.0)
+    tiles = (scaled_tiles((0, 0, width, height), 1.0, settings.full_frame_max_side, "verify")
+             if settings.verify_full_frame else [])
     found = []
     for _, detector, role, threshold in anonymizer.stage2:
         crops = tiles + recheck_crops(small_boxes.with_label(role), width, height, settings)
-        cut = [cut_crop(image, c) for c in crops]
-        per_crop = detector.detect_batch([px for px, _ in cut],
-                                         max(settings.verify_threshold, threshold))
-        found += [crop_to_image(d, c, *pixels) for d, c, pixels in zip(per_crop, crops, cut)]
+        found.append(looks.run(detector, image, crops, max(settings.verify_threshold, threshold),
+                               cost))
     hits = map_to_image(fuse(Detections.concat(found), settings.nms_iou), (0, 0), scale)
     return clip(hits, full_width, full_height)
 
 
-def verify_blur(anonymizer, image: np.ndarray, boxes: Detections) -> VerifyResult:
+def verify_blur(anonymizer, image: np.ndarray, boxes: Detections,
+                cost: looks.Cost | None = None) -> VerifyResult:
     """Check ``image`` (anonymized, ``boxes`` = regions blurred in it) and fix what is found, at
     most ``settings.verify_rounds`` times (see the module doc). Never modifies ``image``."""
     settings = anonymizer.settings
     height, width = image.shape[:2]
     fixed = []
-    hits = detect_again(anonymizer, image, boxes)
+    hits = detect_again(anonymizer, image, boxes, cost)
     rounds = 0
     while len(hits) and rounds < settings.verify_rounds:
         rounds += 1
-        targets = clip(expand(hits, settings.blur_margin_fraction, 1.0), width, height)
+        targets = clip(plan.with_margins(hits, settings), width, height)
         overlapped = (_covered(boxes.xyxy, targets.xyxy).max(axis=1) > 0 if len(boxes)
                       else np.zeros(0, bool))
         strength = settings.blur_strength * 2 ** rounds
@@ -118,7 +121,7 @@ def verify_blur(anonymizer, image: np.ndarray, boxes: Detections) -> VerifyResul
                else np.ones(len(targets), bool))
         boxes = Detections.concat([boxes, targets[new]])
         fixed.append(hits)
-        hits = detect_again(anonymizer, image, boxes)
+        hits = detect_again(anonymizer, image, boxes, cost)
     return VerifyResult(image, boxes, Detections.concat(fixed), hits, rounds)
 
 
@@ -148,14 +151,15 @@ def unblurred_near_misses(near_misses: Detections, boxes: Detections) -> Detecti
 
 
 def check(anonymizer, image: np.ndarray, boxes: Detections, near_misses: Detections,
-          timings: dict) -> tuple[np.ndarray, Detections, dict | None]:
+          timings: dict, cost: looks.Cost | None = None
+          ) -> tuple[np.ndarray, Detections, dict | None]:
     """What ``Anonymizer.run`` calls after blurring: the verification pass when
     ``settings.verify`` (time in ``timings["verify"]``) and the review entry.
     Returns ``(final image, final blurred boxes, review entry or None)``."""
     verified = None
     if anonymizer.settings.verify:
         t = time.perf_counter()
-        verified = verify_blur(anonymizer, image, boxes)
+        verified = verify_blur(anonymizer, image, boxes, cost)
         image, boxes = verified.image, verified.boxes
         timings["verify"] = time.perf_counter() - t
     return image, boxes, review_entry(unblurred_near_misses(near_misses, boxes), verified)

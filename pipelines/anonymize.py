@@ -15,7 +15,6 @@ Arguments not listed here go to Beam:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 
@@ -25,92 +24,12 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from beam_anon import tfrecords
-from beam_anon.blur import MODES as BLUR_MODES
+from beam_anon.options import add_settings_arguments, parse_bool, settings_from
 from beam_anon.settings import Settings
 from beam_anon.transforms import (NAMESPACE, AnonymizeImages, ReadImages, WriteAnonymized,
                                   glob_prefix, manifest_path)
 
 DEFAULT_RUNNER = "FnApiRunner"
-
-#: --help text of every Settings field (test_pipeline checks none is missing)
-SETTINGS_HELP = {
-    "stage1_model": "stage-1 person/vehicle detector (registry name), 'none' to skip stage 1 "
-                    "(stage 2 then runs on full-frame tiles only)",
-    "face_models": "comma-separated face detectors (registry names); all run, boxes are unioned",
-    "plate_models": "comma-separated licence-plate detectors (registry names)",
-    "stage1_classes": "comma-separated COCO classes whose boxes become stage-2 regions",
-    "stage1_threshold": "stage-1 minimum score, 0-1",
-    "merge_iou": "stage-1 boxes overlapping more than this IoU merge into one region",
-    "merge_small_fraction": "a box under this fraction of the image (both sides) is 'small' and "
-                            "merges with boxes it touches",
-    "merge_gap_fraction": "gap, as a fraction of the image size, still counted as touching",
-    "region_padding_fraction": "padding added to each region, fraction of its size per side",
-    "crop_target_size": "long side in pixels a small region is upscaled to for stage 2",
-    "crop_max_upscale": "largest upscale factor of a region crop",
-    "crop_max_size": "regions longer than this (pixels) are split into tiles",
-    "full_frame": "also run stage 2 on the whole image in tiles, so stage-1 misses are not "
-                  "privacy misses (true/false)",
-    "full_frame_tile": "full-frame tile side in pixels as stage 2 sees it",
-    "face_full_frame_scales": "comma-separated resize factors of the full-frame face passes "
-                              "(2 = tiles upscaled 2x, finds smaller faces, costs 4x)",
-    "plate_full_frame_scales": "comma-separated resize factors of the full-frame plate passes",
-    "face_threshold": "face minimum score, 0-1 (lower blurs more)",
-    "plate_threshold": "licence-plate minimum score, 0-1 (lower blurs more)",
-    "model_thresholds": "per-model minimum scores overriding the two above, e.g. "
-                        "centerface=0.3,yunet=0.6",
-    "face_rotations": "extra full-frame face passes on the image turned by these angles "
-                      "(degrees, multiples of 90; e.g. 180 finds upside-down faces; empty: none)",
-    "face_rotation_models": "face models that run the turned passes",
-    "model_max_scales": "per-model cap on the full-frame scales, e.g. yunet=1 (yunet skips "
-                        "the 2x pass)",
-    "nms_iou": "duplicate boxes overlapping more than this IoU are fused",
-    "blur_mode": "how boxes are made unrecognizable: " + " | ".join(BLUR_MODES),
-    "blur_margin_fraction": "each box grows by this fraction of its size per side before blurring",
-    "blur_strength": "gaussian sigma / pixelate cell as a fraction of the box's long side",
-    "verify": "verification pass: run the face and plate detectors again on the blurred image "
-              "and blur what they still find, more strongly each round (true/false)",
-    "verify_threshold": "verification hit: a detection on the blurred image scoring at least "
-                        "this (and at least the model's own threshold), 0-1",
-    "verify_rounds": "re-blur rounds (blur strength doubles each round); still detected after "
-                     "the last round -> the record needs review",
-    "review_band": "detections scoring within this much below their threshold are not blurred "
-                   "but put the image in OUTPUT/review.jsonl (0 = off)",
-    "jpeg_quality": "JPEG output quality, 1-100",
-    "keep_metadata": "keep allow-listed EXIF (capture time, exposure; never GPS, camera, serial "
-                     "numbers or thumbnail; see beam_anon.image_io) (true/false)",
-    "max_pixels": "images with more pixels fail with a clear error (decompression-bomb guard)",
-    "detect_max_pixels": "larger images are searched on a copy shrunk to this many pixels "
-                         "(bounded time and memory); boxes map back, the blur is full-resolution",
-}
-
-
-def _bool(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def _settings_argument(parser, f: dataclasses.Field) -> None:
-    default = f.default
-    kw = {"default": default, "help": f"{SETTINGS_HELP[f.name]} (default: %(default)s)"}
-    if isinstance(default, bool):
-        kw.update(type=_bool, nargs="?", const=True, metavar="BOOL")
-    elif isinstance(default, tuple):
-        item = type(default[0]) if default else str
-        kw.update(type=lambda s: tuple(item(x.strip()) for x in s.split(",") if x.strip()),
-                  metavar="A,B", default=",".join(map(str, default)))
-        kw["help"] = f"{SETTINGS_HELP[f.name]} (default: {','.join(map(str, default))})"
-    elif "None" in str(f.type):
-        kw.update(type=lambda s: None if s.strip().lower() in ("", "none") else s.strip())
-    else:
-        kw["type"] = type(default)
-    if f.name == "blur_mode":
-        kw["choices"] = BLUR_MODES
-    parser.add_argument(f"--{f.name}", **kw)
-
 
 class AnonymizeOptions(PipelineOptions):
     """The pipeline's own options: input/output and every ``Settings`` field."""
@@ -126,30 +45,20 @@ class AnonymizeOptions(PipelineOptions):
         parser.add_argument("--debug_dir", default=None, help="write per-image debug views here "
                             "(ORIGINAL, un-anonymized pixels with every detection drawn); must "
                             "not be inside --output")
-        parser.add_argument("--skip_existing", type=_bool, nargs="?", const=True,
+        parser.add_argument("--skip_existing", type=parse_bool, nargs="?", const=True,
                             default=False, metavar="BOOL", help="rerun into the same --output: "
                             "inputs whose output and record (OUTPUT/.records) exist from a run "
                             "with the same settings and models are not processed again; the "
                             "manifest still lists every input once (default: %(default)s)")
-        parser.add_argument("--report", type=_bool, nargs="?", const=True, default=False,
+        parser.add_argument("--report", type=parse_bool, nargs="?", const=True, default=False,
                             metavar="BOOL", help="when the run is done, write OUTPUT/report.html "
                             "(python -m beam_anon.report: counts, plots, review queue, thumbnails "
                             "of anonymized outputs only) (default: %(default)s)")
-        for f in dataclasses.fields(Settings):
-            _settings_argument(parser, f)
+        add_settings_arguments(parser)
 
     def settings(self) -> Settings:
-        values = self.get_all_options()
-        fields = {}
-        for f in dataclasses.fields(Settings):
-            value = values[f.name]
-            if isinstance(f.default, tuple):
-                item = type(f.default[0]) if f.default else str
-                if isinstance(value, str):
-                    value = value.split(",")
-                value = tuple(item(str(x).strip()) for x in value if str(x).strip())
-            fields[f.name] = value
-        return Settings(**fields)
+        """The run's Settings: ``--preset`` with every option given on top."""
+        return settings_from(self.get_all_options())
 
 
 def _is_local(path: str) -> bool:

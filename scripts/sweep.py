@@ -1,12 +1,15 @@
-"""Tuning aid: run the Anonymizer in-process (no Beam) over a labelled set for several settings and
-print the privacy-recall numbers of each, as rows for docs/accuracy.md.
+"""Tuning aid: run the Anonymizer in-process (no Beam) over labelled sets for several settings and
+print privacy recall, false boxes, CPU seconds and model passes per image for each, as rows for
+docs/accuracy.md.
 
     .venv/bin/python scripts/sweep.py --labels ../shared/devset/labels.jsonl \
-        --try '{}' --try '{"full_frame": false}'
+        --labels ../shared/devset_streetplates/labels.jsonl \
+        --preset balanced --try '{}' --try '{"zoom": false}'
 
-Each --try is a JSON object of Settings overrides applied to the defaults. The numbers equal what
-`python -m pipelines.anonymize` + `python -m beam_anon.evaluate` report for the same settings
-(same Anonymizer, same image decoding); this only skips Beam to iterate faster.
+Each --try is a JSON object of Settings overrides applied to ``--preset``. Detection, blur margin
+and the verification pass run exactly as in ``python -m pipelines.anonymize`` (same Anonymizer,
+same decoding), so recall equals what ``beam_anon.evaluate`` reports for a CLI run; this only
+skips Beam to iterate faster. CPU seconds are the worker's own (time.process_time) per image.
 """
 from __future__ import annotations
 
@@ -18,8 +21,8 @@ from multiprocessing import Pool
 
 from beam_anon import evaluate
 from beam_anon.anonymize import load_anonymizer
-from beam_anon.boxes import clip, expand
 from beam_anon.image_io import decode
+from beam_anon.plan import preset
 from beam_anon.settings import Settings
 
 _anon = None
@@ -37,39 +40,76 @@ def _tuples(d: dict) -> dict:
 def _one(path: str) -> dict:
     with open(path, "rb") as f:
         image = decode(f.read(), Settings().max_pixels)
-    t = time.perf_counter()
-    found, _, timings = _anon.detect(image.pixels)
+    t = time.process_time()
+    result = _anon.run(image.pixels)
     h, w = image.pixels.shape[:2]
-    boxes = clip(expand(found, _anon.settings.blur_margin_fraction, 1.0), w, h)
     return {"input": path, "status": "ok", "width": w, "height": h,
-            "boxes": boxes.to_records(), "seconds": time.perf_counter() - t}
+            "boxes": result.boxes.to_records(), "cpu": time.process_time() - t,
+            "passes": sum(result.cost.passes.values()),
+            "megapixels": sum(result.cost.megapixels.values()),
+            "model_seconds": result.cost.seconds}
 
 
-def run(labels_path: str, overrides: dict, workers: int) -> dict:
-    labels = evaluate.load_labels(labels_path)
-    settings = Settings().replace(**_tuples(overrides))
+def run(label_paths: list[str], settings: Settings, workers: int) -> list[dict]:
+    """One result dict per labels file: the evaluator's output plus cost per image."""
+    sets = [evaluate.load_labels(p) for p in label_paths]
+    paths = list(dict.fromkeys(lab.path for labels in sets for lab in labels))
     with Pool(workers, initializer=_init, initargs=(json.dumps(settings.to_dict()),)) as pool:
-        records = pool.map(_one, [lab.path for lab in labels], chunksize=1)
-    result = evaluate.evaluate(labels, records)
-    result["seconds_per_image"] = sum(r["seconds"] for r in records) / len(records)
-    return result
+        records = dict(zip(paths, pool.map(_one, paths, chunksize=1)))
+    out = []
+    for labels in sets:
+        recs = [records[lab.path] for lab in labels]
+        result = evaluate.evaluate(labels, recs)
+        for key in ("cpu", "passes", "megapixels"):
+            result[key + "_per_image"] = sum(r[key] for r in recs) / len(recs)
+        models = {m for r in recs for m in r["model_seconds"]}
+        result["model_seconds_per_image"] = {
+            m: round(sum(r["model_seconds"].get(m, 0) for r in recs) / len(recs), 3)
+            for m in sorted(models)}
+        out.append(result)
+    return out
+
+
+def row(name: str, result: dict) -> str:
+    """One markdown table row: recall and size buckets of faces and plates, false boxes,
+    blurred area, CPU s, passes and megapixels per image."""
+    cells = [name]
+    for c in ("face", "plate"):
+        s = result["classes"][c]
+        if not s["gt"]:
+            continue
+        b = s["by_size"]
+        cells.append(f"{c} {s['recall']:.3f} ({' / '.join(_r(b[k]['recall']) for k in b)})")
+    fb = result["false_boxes"]["total"]["per_image"]
+    cells += [f"false {fb:.2f}" if fb is not None else "false -",
+              f"area {100 * result['blurred_area']['evaluated']['mean_fraction']:.1f} %",
+              f"{result['cpu_per_image']:.2f} CPU s", f"{result['passes_per_image']:.1f} passes",
+              f"{result['megapixels_per_image']:.1f} MP",
+              " ".join(f"{m}={v:.2f}" for m, v in result["model_seconds_per_image"].items())]
+    return "| " + " | ".join(cells) + " |"
+
+
+def _r(x) -> str:
+    return "-" if x is None else f"{x:.3f}"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--labels", required=True)
+    ap.add_argument("--labels", action="append", required=True, help="labels.jsonl (repeatable)")
+    ap.add_argument("--preset", default="balanced")
     ap.add_argument("--try", dest="tries", action="append", default=[], help="JSON overrides")
     ap.add_argument("--workers", type=int, default=os.cpu_count())
     ap.add_argument("--json", help="append each result as a JSON line to this file")
     args = ap.parse_args()
     for overrides in args.tries or ["{}"]:
-        result = run(args.labels, json.loads(overrides), args.workers)
-        print(f"### {overrides}  ({result['seconds_per_image']:.2f} s/image, "
-              f"{args.workers} worker processes)")
-        print(evaluate.format_table(result), flush=True)
-        if args.json:
-            with open(args.json, "a") as f:
-                f.write(json.dumps({"overrides": json.loads(overrides), "result": result}) + "\n")
+        settings = preset(args.preset, **_tuples(json.loads(overrides)))
+        for path, result in zip(args.labels, run(args.labels, settings, args.workers)):
+            name = f"{args.preset} {overrides} on {os.path.basename(os.path.dirname(path))}"
+            print(row(name, result), flush=True)
+            if args.json:
+                with open(args.json, "a") as f:
+                    f.write(json.dumps({"preset": args.preset, "overrides": json.loads(overrides),
+                                        "labels": path, "result": result}) + "\n")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from beam_anon.anonymize import detection_copy
+from beam_anon.looks import detection_copy
 from beam_anon.image_io import ImageError, decode
 from beam_anon.settings import Settings
 from tests.test_anonymize import BLUE, RED, make
@@ -29,7 +29,8 @@ def test_detection_copy_bounds_pixels_and_maps_back():
 def test_large_image_detected_small_blurred_at_full_resolution():
     img = big_scene()
     settings = Settings(stage1_model=None, full_frame=True, full_frame_tile=1024,
-                        blur_margin_fraction=0.0, detect_max_pixels=3_000_000)
+                        blur_margin_fraction=0.0, plate_margin_fraction=0.0,
+                        detect_max_pixels=3_000_000)
     anon, dets = make(settings)
     result = anon.run(img, keep_debug=True)
     # the detectors never saw more than the shrunk copy (2000 x 1500)

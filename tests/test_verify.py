@@ -46,7 +46,8 @@ def scene():
 
 def anonymizer(detector, **settings):
     base = Settings(stage1_model=None, face_models=(detector.name,), plate_models=(),
-                    model_thresholds=(), full_frame_tile=480, face_full_frame_scales=(1.0,))
+                    model_thresholds=(), full_frame_max_side=480, face_full_frame_scales=(1.0,),
+                    face_rotations=(), zoom=False, crowd_min_faces=0)
     return Anonymizer(base.replace(**settings), {detector.name: detector})
 
 
@@ -86,13 +87,30 @@ def test_verification_off():
 def test_new_detection_after_blur_is_blurred_and_added():
     img = scene()
     img[250:300, 300:350] = checker(50, 50)  # a second face the first pass did not blur
-    anon = anonymizer(Checkers())
     first = Detections.from_boxes([[90, 90, 190, 190]], [0.9], "face")
     from beam_anon.blur import blur_boxes
     blurred = blur_boxes(img, first, "gaussian", 0.25)
-    result = verify.verify_blur(anon, blurred, first)
+    # by default only the blurred boxes and their surroundings are checked again: far away,
+    # the second face is not (the first pass owns full-frame recall)
+    near = verify.verify_blur(anonymizer(Checkers()), blurred, first)
+    assert len(near.boxes) == 1 and near.rounds == 0
+    result = verify.verify_blur(anonymizer(Checkers(), verify_full_frame=True), blurred, first)
     assert len(result.boxes) == 2 and result.rounds == 1 and not result.needs_review
     assert texture(result.image).max() < 30
+
+
+def test_recheck_crops_shrink_large_boxes_and_pack_into_one_pass():
+    det = Checkers()
+    anon = anonymizer(det)
+    boxes = Detections.from_boxes([[90, 90, 190, 190], [300, 300, 320, 320], [10, 300, 30, 330]],
+                                  [0.9] * 3, "face")
+    crops = verify.recheck_crops(boxes, 640, 480, anon.settings)
+    assert [round(max(c.xyxy[2] - c.xyxy[0], c.xyxy[3] - c.xyxy[1]) * c.scale) for c in crops][0] \
+        <= 2 * verify.RECHECK_BOX_SIZE
+    assert crops[0].scale < 1 < crops[1].scale
+    det.calls = 0
+    verify.detect_again(anon, scene(), boxes)
+    assert det.calls == 1  # three re-check crops, one canvas
 
 
 def test_near_threshold_detections_are_reviewed_not_blurred():

@@ -1,0 +1,159 @@
+"""Command-line options for every ``Settings`` field and the ``--preset`` they override.
+
+``add_settings_arguments(parser)`` adds ``--preset`` and one ``--<field>`` per Settings field
+(default: unset, so the preset decides); ``settings_from(values)`` turns parsed values (a dict,
+e.g. ``PipelineOptions.get_all_options()``) into the Settings of the chosen preset with every
+option given on top.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from beam_anon.blur import MODES as BLUR_MODES
+from beam_anon.plan import PRESETS, preset, preset_summary
+from beam_anon.settings import Settings
+
+#: --help text of every Settings field (tests check none is missing)
+SETTINGS_HELP = {
+    "stage1_model": "stage-1 person/vehicle detector (registry name), 'none' to skip stage 1 "
+                    "(no vehicle or person looks then; full-frame looks and zooms still run)",
+    "face_models": "comma-separated face detectors (registry names); all run, boxes are unioned",
+    "plate_models": "comma-separated licence-plate detectors (registry names)",
+    "precision": "model files that run: int8 (INT8 variants where kept, made at fetch), float "
+                 "(graph-fixed float files), original (the archives' files as shipped)",
+    "device": "auto (CUDA when onnxruntime-gpu sees a GPU, else CPU) | cpu | cuda",
+    "stage1_classes": "comma-separated COCO classes stage 1 looks for (persons, vehicles)",
+    "stage1_threshold": "stage-1 minimum score, 0-1",
+    "merge_iou": "stage-1 boxes overlapping more than this IoU become one crop",
+    "full_frame": "cheap looks at the whole image, so stage-1 misses are not privacy misses "
+                  "(true/false)",
+    "full_frame_tile": "full-frame tile side in pixels for fixed-input models (YOLO letterboxes "
+                       "each tile to its input)",
+    "full_frame_max_side": "any-size models see the whole image in one piece up to this side "
+                           "(pixels as they see it), in tiles above",
+    "face_full_frame_scales": "comma-separated resize factors of the full-frame face looks "
+                              "(2 = upscaled 2x, finds smaller faces, costs 4x)",
+    "plate_full_frame_scales": "comma-separated resize factors of the full-frame plate looks",
+    "model_max_scales": "per-model cap on the full-frame scales, e.g. yunet=1 (0: the model "
+                        "makes no full-frame look)",
+    "face_rotations": "extra full-frame face looks on the image turned by these angles "
+                      "(degrees, multiples of 90; 180 finds upside-down faces; empty: none)",
+    "face_rotation_models": "face models that make the turned looks",
+    "overview_size": "plates: the whole image shrunk to this long side (pixels) is looked at "
+                     "too, for close-up plates too large for the 1x look (0: off)",
+    "region_padding_fraction": "padding added to each stage-1 box, fraction of its size per side",
+    "vehicle_crop_sizes": "comma-separated long sides (pixels) each stage-1 vehicle is resized "
+                          "to for the plate models (empty: no vehicle looks)",
+    "person_face_size": "persons whose expected face is smaller than this (pixels) get their "
+                        "head area upscaled to it for the face models (0: off)",
+    "crop_max_upscale": "largest upscale factor of a vehicle, person or re-check crop",
+    "zoom": "closer looks where a cheap look was unsure (true/false)",
+    "zoom_models": "models that make the closer looks (zoom, crowd)",
+    "zoom_min_score": "unsure candidates scoring from this up to the threshold get a closer look",
+    "zoom_max_size": "candidates larger than this (pixels, long side) are not zoomed",
+    "zoom_context": "a zoomed neighbourhood is the candidate grown by this fraction per side",
+    "zoom_scale": "resize factor of the closer looks",
+    "zoom_thresholds": "per-model minimum scores of the closer looks where a cheap look "
+                       "hesitated, e.g. centerface=0.2 (default: the model's threshold)",
+    "crowd_min_faces": "this many faces under crowd_face_size -> the crowd area is searched "
+                       "again at crowd_scale (0: off)",
+    "crowd_face_size": "pixels: faces smaller than this count for the crowd fallback",
+    "crowd_scale": "resize factor of the crowd look",
+    "head_fallback": "blur the head area of a stage-1 person large enough that its face should "
+                     "have been found, when no face was found there (true/false)",
+    "head_fallback_min_face": "pixels: the person's expected face size from which the head "
+                              "fallback applies",
+    "head_fallback_min_score": "stage-1 score a person needs for the head fallback",
+    "face_threshold": "face minimum score, 0-1 (lower blurs more)",
+    "plate_threshold": "licence-plate minimum score, 0-1 (lower blurs more)",
+    "model_thresholds": "per-model minimum scores overriding the two above, e.g. "
+                        "centerface=0.3,yunet=0.6",
+    "nms_iou": "duplicate boxes overlapping more than this IoU are fused",
+    "blur_mode": "how boxes are made unrecognizable: " + " | ".join(BLUR_MODES),
+    "blur_margin_fraction": "each face box grows by this fraction of its size per side before "
+                            "blurring",
+    "plate_margin_fraction": "each plate box grows by this fraction of its size per side",
+    "blur_strength": "gaussian sigma / pixelate cell as a fraction of the box's long side",
+    "verify": "verification pass: run the face and plate detectors again on the blurred boxes "
+              "and their surroundings and blur what they still find, more strongly each round "
+              "(true/false)",
+    "verify_threshold": "verification hit: a detection on the blurred image scoring at least "
+                        "this (and at least the model's own threshold), 0-1",
+    "verify_rounds": "re-blur rounds (blur strength doubles each round); still detected after "
+                     "the last round -> the record needs review",
+    "verify_full_frame": "the verification pass also re-checks the whole image (true/false)",
+    "review_band": "detections scoring within this much below their threshold are not blurred "
+                   "but put the image in OUTPUT/review.jsonl (0 = off)",
+    "jpeg_quality": "JPEG output quality, 1-100",
+    "keep_metadata": "keep allow-listed EXIF (capture time, exposure; never GPS, camera, serial "
+                     "numbers or thumbnail; see beam_anon.image_io) (true/false)",
+    "max_pixels": "images with more pixels fail with a clear error (decompression-bomb guard)",
+    "detect_max_pixels": "larger images are searched on a copy shrunk to this many pixels "
+                         "(bounded time and memory); boxes map back, the blur is full-resolution",
+}
+
+
+def parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _show(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def _tuple_of(item):
+    return lambda s: tuple(item(x.strip()) for x in s.split(",") if x.strip())
+
+
+def _field_argument(parser, f: dataclasses.Field) -> None:
+    default = f.default
+    kw = {"default": None,
+          "help": f"{SETTINGS_HELP[f.name]} (balanced: {_show(default) or 'none'})"}
+    if isinstance(default, bool):
+        kw.update(type=parse_bool, nargs="?", const=True, metavar="BOOL")
+    elif isinstance(default, tuple):
+        item = float if "float" in str(f.type) else int if "int" in str(f.type) else str
+        kw.update(type=_tuple_of(item), metavar="A,B")
+    elif "None" in str(f.type):
+        kw.update(type=lambda s: s.strip() if s.strip().lower() not in ("", "none") else "none")
+    else:
+        kw["type"] = type(default)
+    if f.name == "blur_mode":
+        kw["choices"] = BLUR_MODES
+    parser.add_argument(f"--{f.name}", **kw)
+
+
+def add_settings_arguments(parser) -> None:
+    """``--preset`` and one option per Settings field (default unset: the preset's value)."""
+    parser.add_argument("--preset", default="balanced", choices=list(PRESETS),
+                        help="named settings that the options below override; measured on "
+                             "the devsets (docs/accuracy.md, docs/performance.md): "
+                             + "; ".join(f"{n}: {preset_summary(n)}" for n in PRESETS)
+                             + " (default: %(default)s)")
+    for f in dataclasses.fields(Settings):
+        _field_argument(parser, f)
+
+
+def settings_from(values: dict) -> Settings:
+    """The Settings of ``values["preset"]`` with every field given in ``values`` (not None)
+    applied on top. Tuple fields accept a comma string or a sequence; ``none`` for stage 1."""
+    changes = {}
+    for f in dataclasses.fields(Settings):
+        value = values.get(f.name)
+        if value is None:
+            continue
+        if isinstance(f.default, tuple):
+            item = float if "float" in str(f.type) else int if "int" in str(f.type) else str
+            if isinstance(value, str):
+                value = value.split(",")
+            value = tuple(item(str(x).strip()) for x in value if str(x).strip())
+        elif f.name == "stage1_model" and str(value).lower() == "none":
+            value = None
+        changes[f.name] = value
+    return preset(values.get("preset") or "balanced", **changes)

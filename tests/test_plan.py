@@ -1,0 +1,134 @@
+"""The detection plan's pure parts: crop geometry, which looks are made for which boxes, the
+fallbacks and the presets (beam_anon.regions, beam_anon.plan). Boxes are xyxy pixels."""
+import numpy as np
+import pytest
+
+from beam_anon import plan
+from beam_anon.boxes import Detections
+from beam_anon.regions import int_box, scaled_tiles, tile
+from beam_anon.settings import Settings
+
+
+def dets(boxes, scores=None, label="face"):
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    return Detections.from_boxes(boxes, scores if scores is not None else np.full(len(boxes), 0.9),
+                                 label)
+
+
+def test_tile_covers_rectangle_with_bounded_tiles():
+    tiles = tile((0, 0, 2500, 1000), 960)
+    assert all(t[2] - t[0] <= 960 and t[3] - t[1] <= 960 for t in tiles)
+    covered = np.zeros((1000, 2500), bool)
+    for x0, y0, x1, y1 in tiles:
+        covered[y0:y1, x0:x1] = True
+    assert covered.all()
+    assert tile((10, 20, 110, 220), 960) == [(10, 20, 110, 220)]
+
+
+def test_scaled_tiles_bound_what_the_detector_sees():
+    crops = scaled_tiles((0, 0, 1280, 720), 2.0, 960, "x")
+    assert len(crops) > 1 and all(c.scale == 2.0 and max(c.size) <= 960 for c in crops)
+    assert scaled_tiles((0, 0, 1280, 720), 1.0, 2048, "x")[0].xyxy == (0, 0, 1280, 720)
+
+
+def test_int_box_covers_and_clips():
+    assert int_box((10.2, 5.7, 20.1, 30.0), 100, 100) == (10, 5, 21, 30)
+    assert int_box((-5, -5, 200, 50), 100, 100) == (0, 0, 100, 50)
+    assert int_box((150, 10, 160, 20), 100, 100) is None
+
+
+def test_full_frame_looks_scales_tiles_and_turns():
+    s = Settings(face_full_frame_scales=(1.0, 2.0), face_rotations=(180,),
+                 face_rotation_models=("cf",), full_frame_max_side=2048, full_frame_tile=640)
+    crops = plan.full_frame_looks(1280, 720, s, "face", "cf", fixed_input=False)
+    assert {(c.scale, c.turns) for c in crops} == {(1.0, 0), (2.0, 0), (1.0, 2)}
+    assert [c.xyxy for c in crops if c.scale == 1.0 and c.turns == 0] == [(0, 0, 1280, 720)]
+    fixed = plan.full_frame_looks(1280, 720, s, "face", "other", fixed_input=True)
+    assert all(max(c.size) <= 640 for c in fixed) and not any(c.turns for c in fixed)
+    assert plan.full_frame_looks(1280, 720, s.replace(full_frame=False), "face", "cf", False) == []
+    capped = s.replace(model_max_scales=("cf=1",))
+    assert {c.scale for c in plan.full_frame_looks(1280, 720, capped, "face", "cf", False)} == {1.0}
+
+
+def test_vehicle_looks_are_scaled_by_each_vehicles_size():
+    s = Settings(vehicle_crop_sizes=(160, 300), crop_max_upscale=6.0, stage1_threshold=0.3)
+    stage1 = Detections(np.array([[100, 100, 140, 120], [500, 300, 1100, 700],
+                                  [0, 0, 50, 50], [600, 10, 700, 60]], np.float32),
+                        [0.9, 0.9, 0.9, 0.1], np.array(["car", "bus", "person", "car"], object))
+    crops = plan.vehicle_looks(stage1, 1280, 720, s)
+    assert len(crops) == 4 and {c.source for c in crops} == {"vehicle"}
+    small = [c for c in crops if c.xyxy[0] < 200]
+    assert sorted(round(max(c.size)) for c in small) == [160, 288]  # 300: capped at 6 x 48 px
+    big = [c for c in crops if c.xyxy[0] >= 200]
+    assert sorted(round(max(c.size)) for c in big) == [160, 300] and all(c.scale < 1 for c in big)
+    assert big[0].xyxy[0] < 500 and big[0].xyxy[3] > 700 - 1  # padded, clipped to the image
+    assert plan.vehicle_looks(stage1, 1280, 720, s.replace(vehicle_crop_sizes=())) == []
+
+
+def test_person_looks_upscale_head_areas_of_small_persons_only():
+    s = Settings(person_face_size=32, crop_max_upscale=4.0, stage1_threshold=0.3)
+    stage1 = Detections(np.array([[100, 100, 120, 180], [400, 0, 800, 720]], np.float32),
+                        [0.9, 0.9], np.array(["person", "person"], object))
+    (crop,) = plan.person_looks(stage1, 1280, 720, s)
+    assert crop.scale == pytest.approx(32 / (80 * plan.FACE_PER_PERSON_HEIGHT))
+    x0, y0, x1, y1 = crop.xyxy
+    assert (x0, y0) == (100, 100) and x1 == 120 and y1 < 140  # the top of the person
+
+
+def test_zoom_looks_merge_overlapping_neighbourhoods_and_skip_large_candidates():
+    s = Settings(zoom_max_size=24, zoom_context=1.0, zoom_scale=2.0)
+    cands = dets([[100, 100, 110, 110], [112, 100, 122, 110], [500, 500, 600, 600]], [0.1] * 3)
+    (crop,) = plan.zoom_looks(cands, 1280, 720, s)
+    assert crop.scale == 2.0 and crop.source == "zoom"
+    x0, y0, x1, y1 = crop.xyxy
+    assert x0 <= 90 and x1 >= 132 and y0 <= 90 and y1 >= 120
+    assert plan.zoom_looks(cands, 1280, 720, s.replace(zoom=False)) == []
+
+
+def test_agreement_needs_overlap():
+    a = dets([[0, 0, 10, 10], [50, 50, 60, 60]])
+    assert plan.agrees(a, dets([[1, 1, 11, 11]])).tolist() == [True, False]
+    assert plan.agrees(a, Detections.empty()).tolist() == [False, False]
+
+
+def test_crowd_look_only_for_many_small_faces():
+    s = Settings(crowd_min_faces=4, crowd_face_size=16, crowd_scale=2.0)
+    few = dets([[100 + 20 * i, 100, 110 + 20 * i, 110] for i in range(3)])
+    assert plan.crowd_looks(few, 1280, 720, s) == []
+    many = dets([[100 + 20 * i, 100, 110 + 20 * i, 110] for i in range(5)] + [[0, 0, 300, 300]])
+    crops = plan.crowd_looks(many, 1280, 720, s)
+    assert crops and all(c.scale == 2.0 and c.source == "crowd" for c in crops)
+    x0, y0, x1, y1 = crops[0].xyxy
+    assert x0 <= 70 and y0 <= 70 and x1 >= 220   # the small faces plus three faces around
+
+
+def test_head_fallback_blurs_large_persons_without_a_face_only():
+    s = Settings(head_fallback=True, head_fallback_min_face=20, head_fallback_min_score=0.5,
+                 stage1_threshold=0.3)
+    stage1 = Detections(np.array([[100, 100, 200, 400], [500, 100, 600, 400],
+                                  [900, 100, 905, 120]], np.float32),
+                        [0.9, 0.9, 0.9], np.array(["person"] * 3, object))
+    faces = dets([[540, 110, 560, 130]])                  # the second person's face was found
+    heads = plan.head_fallback(stage1, faces, s)
+    assert len(heads) == 1 and heads.labels[0] == "face"  # the tiny third person is skipped
+    x0, y0, x1, y1 = heads.xyxy[0]
+    assert 100 <= x0 < 150 < x1 <= 200 and y0 == 100 and y1 < 250
+    assert len(plan.head_fallback(stage1, faces, s.replace(head_fallback=False))) == 0
+
+
+def test_margins_per_role():
+    s = Settings(blur_margin_fraction=0.1, plate_margin_fraction=0.5)
+    out = plan.with_margins(Detections(np.array([[0, 0, 100, 100], [0, 0, 100, 10]], np.float32),
+                                       [1, 1], np.array(["face", "plate"], object)), s)
+    np.testing.assert_allclose(out.with_label("face").xyxy[0], [-10, -10, 110, 110])
+    np.testing.assert_allclose(out.with_label("plate").xyxy[0], [-50, -5, 150, 15])
+
+
+def test_presets_are_settings_and_options_override_them():
+    assert plan.preset("balanced") == Settings()
+    fast = plan.preset("fast")
+    assert fast.stage1_model is None and not fast.verify
+    assert plan.preset("fast", verify=True).verify
+    assert set(plan.preset("thorough").face_models) > set(fast.face_models)
+    with pytest.raises(ValueError, match="unknown preset"):
+        plan.preset("nope")

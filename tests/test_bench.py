@@ -1,4 +1,4 @@
-"""python -m beam_anon.bench: the image set and one tiny real run printing the table."""
+"""python -m beam_anon.bench: the image sets, and one tiny real run printing the table."""
 from __future__ import annotations
 
 import os
@@ -23,15 +23,39 @@ def test_default_images_spread_over_the_devset(tmp_path, monkeypatch):
     assert len(bench.default_images(0)) == 22
 
 
+def test_dashcam_set_is_the_1280x720_images(tmp_path, monkeypatch):
+    images = tmp_path / "images"
+    images.mkdir()
+    import numpy as np
+    cv2.imwrite(str(images / "a.jpg"), np.zeros((720, 1280, 3), np.uint8))
+    cv2.imwrite(str(images / "b.jpg"), np.zeros((700, 1280, 3), np.uint8))
+    monkeypatch.setenv("BEAM_ANON_DEVSET", str(tmp_path))
+    assert [os.path.basename(p) for p in bench.dashcam_images(str(tmp_path))] == ["a.jpg"]
+
+
 @pytest.mark.models
 @pytest.mark.slow
 def test_bench_runs_the_pipeline_and_prints_the_table(tmp_path, capsys, sample_paths):
-    sample = sample_paths[0]
-    image = cv2.imread(sample)
+    image = cv2.imread(sample_paths[0])
     cv2.imwrite(str(tmp_path / "small.jpg"), cv2.resize(image, (240, 180)))
-    assert bench.main(["--images", str(tmp_path / "*.jpg"), "--repeat", "1", "--workers", "1",
-                       "--json", str(tmp_path / "r.json")]) == 0
+    assert bench.main(["--images", str(tmp_path / "*.jpg"), "--repeat", "1", "--presets",
+                       "fast", "--no-peer", "--json", str(tmp_path / "r.json")]) == 0
     out = capsys.readouterr().out
-    assert "pipeline, FnApiRunner, 1 worker" in out and "floor" in out and "peer" in out
+    assert "beam_anon --preset fast" in out and "floor" in out and "model passes" in out
     assert "failed records" not in out
     assert (tmp_path / "r.json").stat().st_size > 0
+
+
+def test_peer_timing_counts_a_run_and_refuses_missing_outputs(tmp_path):
+    from beam_anon import peer
+    fake = tmp_path / "deface"
+    fake.write_text("#!/bin/sh\nfor f in \"$@\"; do case $f in --*|opencv) ;; "
+                    "*) cp \"$f\" \"${f%.jpg}_anonymized.jpg\";; esac; done\n")
+    fake.chmod(0o755)
+    img = tmp_path / "a.jpg"
+    img.write_bytes(b"x")
+    got = peer.time_deface(str(fake), [str(img), str(img)], "opencv")
+    assert got["wall"] > 0 and got["cpu"] >= 0
+    fake.write_text("#!/bin/sh\nexit 0\n")
+    with pytest.raises(RuntimeError, match="0/1 written"):
+        peer.time_deface(str(fake), [str(img)], "opencv")

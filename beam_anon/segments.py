@@ -27,20 +27,25 @@ class Segment:
 
 def plan_segments(n_frames: int, keyframes: Sequence[int], target_frames: int,
                   overlap: int) -> list[Segment]:
-    """Cut ``[0, n_frames)`` into segments of at least ``target_frames`` frames (the last one
-    may be shorter), each starting at a keyframe (``keyframes``: frame numbers; 0 is always a
-    cut), so a segment's decoding never starts far before its context. ``target_frames`` <= 0,
-    or no keyframe far enough in, gives one segment. ``overlap`` >= 0 frames of context each
-    side."""
+    """Cut ``[0, n_frames)`` into segments of ``target_frames`` frames or a little more (the
+    last one may be shorter): each cut is at the first keyframe (``keyframes``: frame numbers)
+    at least ``target_frames`` after the previous cut, or, when there is none within twice that,
+    exactly ``target_frames`` after it (that segment then decodes from the keyframe before its
+    context: correct, just more decoding). ``target_frames`` <= 0 gives one segment.
+    ``overlap`` >= 0 frames of context each side, clipped to the video."""
     if n_frames <= 0:
         raise ValueError(f"a video needs at least one frame, got {n_frames}")
     if overlap < 0:
         raise ValueError(f"overlap must be >= 0 frames, got {overlap}")
     cuts = [0]
-    if target_frames > 0:
-        for k in sorted(set(keyframes)):
-            if target_frames <= k - cuts[-1] and k < n_frames:
-                cuts.append(k)
+    keys = sorted(set(keyframes))
+    while target_frames > 0 and cuts[-1] + target_frames < n_frames:
+        due = cuts[-1] + target_frames
+        cut = next((k for k in keys if due <= k < n_frames), None)
+        cut = cut if cut is not None and cut < due + target_frames else due
+        if cut >= n_frames:
+            break
+        cuts.append(cut)
     bounds = list(zip(cuts, cuts[1:] + [n_frames]))
     return [Segment(i, s, e, max(0, s - overlap), min(n_frames, e + overlap))
             for i, (s, e) in enumerate(bounds)]

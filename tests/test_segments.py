@@ -12,10 +12,18 @@ def test_cores_partition_the_video_at_keyframes():
     assert [s.index for s in segs] == [0, 1, 2] and sum(s.frames for s in segs) == 100
 
 
-def test_one_segment_when_not_split_or_no_keyframe_far_enough():
+def test_one_segment_when_not_split_or_short():
     assert plan_segments(50, [0, 10, 20], 0, 4) == [Segment(0, 0, 50, 0, 50)]
-    assert plan_segments(50, [0], 10, 4) == [Segment(0, 0, 50, 0, 50)]
+    assert plan_segments(50, [0, 10, 20], 50, 4) == [Segment(0, 0, 50, 0, 50)]
     assert plan_segments(1, [0], 10, 4) == [Segment(0, 0, 1, 0, 1)]
+
+
+def test_sparse_keyframes_cut_at_the_target_length():
+    segs = plan_segments(50, [0, 45], 10, 2)
+    assert [(s.start, s.end) for s in segs] == [(0, 10), (10, 20), (20, 30), (30, 45),
+                                               (45, 50)]  # 45: a keyframe within 2x the target
+    segs = plan_segments(50, [0, 15, 45], 10, 2)  # 15 is within 2x the target: taken
+    assert [(s.start, s.end) for s in segs][:2] == [(0, 15), (15, 25)]
 
 
 def test_every_frame_a_keyframe_gives_exact_lengths():

@@ -3,12 +3,14 @@ the frames the detector missed. Pure functions on ``Detections``; no video I/O, 
 
 Input: ``{frame: Detections}`` for the frames where detection ran (boxes as blurred, i.e. margin
 included, pixels of the upright frame). A frame with no entry was not searched (``detect_every``
-> 1); a frame with an empty entry was searched and held nothing. With memory ``M`` (frames) and
-link horizon ``L = M + 1``:
+> 1); a frame with an empty entry was searched and held nothing. With :class:`Linking` memory
+``M`` (frames) and link horizon ``L = M + 1``:
 
 * **link**: box ``a`` of frame ``f`` links forward to the highest-IoU box of its label in the
-  first frame ``g`` in ``(f, f + L]`` that holds one with IoU >= ``iou`` (ties: lower index).
-  Several boxes may link to one; a **track** is a connected component of links.
+  first frame ``g`` in ``(f, f + L]`` that holds one with IoU >= ``iou`` (ties: lower index),
+  IoU taken after growing both boxes by ``speed * (g - f)`` of their size on every side (an
+  object may move about ``speed`` of its size per frame). Several boxes may link to one; a
+  **track** is a connected component of links.
 * **interpolate**: for a link ``a -> b`` with ``g > f + 1``, frames ``f+1 .. g-1`` get the
   linear interpolation of the two boxes (so a face found in frames 10 and 13 is blurred in 11, 12).
 * **extend**: a box with no forward link is carried on for ``M`` frames, one that nothing links
@@ -16,8 +18,8 @@ link horizon ``L = M + 1``:
   (the box linking to it, or the box it links to; still if none), and each carried box is the
   union of the moved box and the original, so a slowed-down object stays covered too.
 
-Locality: the boxes of frame ``f`` depend only on detections in frames ``[f - reach(M), f +
-reach(M)]``. A video segment that detects that much context on each side therefore computes
+Locality: the boxes of frame ``f`` depend only on detections in frames ``[f - reach, f + reach]``
+(``Linking.reach = 2L``). A video segment that detects that much context on each side therefore computes
 exactly what a whole-video run computes (``tests/test_tracking.py`` checks it).
 """
 from __future__ import annotations
@@ -27,15 +29,32 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from beam_anon.boxes import Detections, clip, iou_matrix
+from beam_anon.boxes import Detections, clip, expand, iou_matrix
 
 DETECTED, INTERPOLATED, EXTENDED = "detected", "interpolated", "extended"
 BoxId = tuple[int, int]  # (frame, index of the box in that frame's Detections)
 
 
-def reach(memory: int) -> int:
-    """Frames of context needed on each side of a frame to compute its boxes (see module doc)."""
-    return 2 * (memory + 1)
+@dataclass(frozen=True)
+class Linking:
+    """``memory``: frames (>= 0) a gap may last and a track is carried on; ``iou``: the overlap
+    a box needs with its next sighting; ``speed``: motion allowed per frame, as a fraction of
+    the box size (0: plain IoU)."""
+
+    memory: int = 5
+    iou: float = 0.2
+    speed: float = 0.5
+
+    def __post_init__(self):
+        if self.memory < 0:
+            raise ValueError(f"track memory must be >= 0 frames, got {self.memory}")
+        if self.speed < 0:
+            raise ValueError(f"track speed must be >= 0, got {self.speed}")
+
+    @property
+    def reach(self) -> int:
+        """Frames of context needed on each side of a frame to compute its boxes."""
+        return 2 * (self.memory + 1)
 
 
 @dataclass(frozen=True)
@@ -56,9 +75,9 @@ class FrameBoxes:
         return self.boxes[np.array([s != DETECTED for s in self.source], bool)]
 
 
-def links(dets: Mapping[int, Detections], memory: int, iou: float) -> dict[BoxId, BoxId]:
+def links(dets: Mapping[int, Detections], rule: Linking) -> dict[BoxId, BoxId]:
     """Forward link of every box that has one (see the module doc), ``{(f, i): (g, j)}``."""
-    horizon = memory + 1
+    horizon = rule.memory + 1
     frames = sorted(dets)
     out: dict[BoxId, BoxId] = {}
     for n, f in enumerate(frames):
@@ -73,11 +92,12 @@ def links(dets: Mapping[int, Detections], memory: int, iou: float) -> dict[BoxId
             b = dets[g]
             if not len(b):
                 continue
-            ious = iou_matrix(a.xyxy, b.xyxy)
+            grow = rule.speed * (g - f)
+            ious = iou_matrix(expand(a, grow).xyxy, expand(b, grow).xyxy)
             ious[labels[:, None] != b.labels.astype(str)[None, :]] = -1.0
             for i in np.flatnonzero(pending):
                 j = int(np.argmax(ious[i]))
-                if ious[i, j] >= iou:
+                if ious[i, j] >= rule.iou:
                     out[(f, int(i))] = (g, j)
                     pending[i] = False
     return out
@@ -95,15 +115,14 @@ def _velocity(dets, earlier: BoxId | None, later: BoxId | None) -> np.ndarray:
     return (_box(dets, later) - _box(dets, earlier)) / (later[0] - earlier[0])
 
 
-def fill(dets: Mapping[int, Detections], frames: Iterable[int], memory: int, iou: float,
+def fill(dets: Mapping[int, Detections], frames: Iterable[int], rule: Linking,
          n_frames: int, width: int, height: int) -> dict[int, FrameBoxes]:
     """The boxes to blur in each of ``frames``: detections plus interpolated and extended boxes
     (module doc), clipped to the ``width`` x ``height`` frame; extension stays inside
-    ``[0, n_frames)``. ``memory`` must be >= 0."""
-    if memory < 0:
-        raise ValueError(f"track memory must be >= 0 frames, got {memory}")
+    ``[0, n_frames)``."""
+    memory = rule.memory
     wanted = set(frames)
-    fwd = links(dets, memory, iou)
+    fwd = links(dets, rule)
     back: dict[BoxId, BoxId] = {}
     for a, b in sorted(fwd.items()):  # the latest box linking to b (sorted: last one wins)
         back[b] = a

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from beam_anon import tracking
+from beam_anon.tracking import Linking
 from beam_anon.boxes import Detections
 
 W, H = 640, 360
@@ -22,8 +23,8 @@ def test_gap_within_memory_is_interpolated():
     dets = {f: Detections.empty() for f in range(20)}
     dets[10] = face(100, 100, 140, 150)
     dets[13] = face(130, 100, 170, 150)
-    out = tracking.fill(dets, range(20), memory=3, iou=0.1, n_frames=20, width=W, height=H)
-    assert tracking.links(dets, 3, 0.1) == {(10, 0): (13, 0)}
+    out = tracking.fill(dets, range(20), Linking(3, 0.1, 0), n_frames=20, width=W, height=H)
+    assert tracking.links(dets, Linking(3, 0.1, 0)) == {(10, 0): (13, 0)}
     assert added(out[11]) == [("interpolated", (110, 100, 150, 150))]
     assert added(out[12]) == [("interpolated", (120, 100, 160, 150))]
     assert out[11].origin == ((10, 0),) and out[11].boxes.labels[0] == "face"
@@ -37,15 +38,15 @@ def test_gap_longer_than_memory_is_not_bridged():
     dets = {f: Detections.empty() for f in range(20)}
     dets[2] = face(100, 100, 140, 150)
     dets[8] = face(100, 100, 140, 150)
-    out = tracking.fill(dets, range(20), memory=2, iou=0.1, n_frames=20, width=W, height=H)
-    assert tracking.links(dets, 2, 0.1) == {}
+    out = tracking.fill(dets, range(20), Linking(2, 0.1, 0), n_frames=20, width=W, height=H)
+    assert tracking.links(dets, Linking(2, 0.1, 0)) == {}
     assert [f for f in range(20) if len(out[f].boxes)] == [0, 1, 2, 3, 4, 6, 7, 8, 9, 10]
     assert {s for f in (3, 4, 6, 7) for s in out[f].source} == {"extended"}
 
 
 def test_extension_follows_the_velocity_and_keeps_the_last_box():
     dets = {f: face(100 + 10 * f, 50, 140 + 10 * f, 90) for f in range(5)}
-    out = tracking.fill(dets, range(8), memory=2, iou=0.3, n_frames=8, width=W, height=H)
+    out = tracking.fill(dets, range(8), Linking(2, 0.3, 0), n_frames=8, width=W, height=H)
     assert added(out[5]) == [("extended", (140, 50, 190, 90))]   # union of frame 4 and moved
     assert added(out[6]) == [("extended", (140, 50, 200, 90))]
     assert out[7].boxes.xyxy.size == 0
@@ -56,7 +57,7 @@ def test_extension_backward_uses_the_forward_link():
     dets = {f: Detections.empty() for f in range(6)}
     for f in (3, 4, 5):
         dets[f] = face(100 + 10 * f, 50, 140 + 10 * f, 90)
-    out = tracking.fill(dets, range(6), memory=2, iou=0.3, n_frames=6, width=W, height=H)
+    out = tracking.fill(dets, range(6), Linking(2, 0.3, 0), n_frames=6, width=W, height=H)
     assert added(out[2]) == [("extended", (120, 50, 170, 90))]
     assert added(out[1]) == [("extended", (110, 50, 170, 90))]
 
@@ -64,8 +65,8 @@ def test_extension_backward_uses_the_forward_link():
 def test_labels_do_not_link_and_added_boxes_are_clipped():
     dets = {0: Detections.concat([face(600, 300, 660, 380), face(10, 10, 50, 50, label="plate")]),
             1: Detections.empty(), 2: face(10, 10, 50, 50)}
-    out = tracking.fill(dets, range(3), memory=1, iou=0.5, n_frames=3, width=W, height=H)
-    assert tracking.links(dets, 1, 0.5) == {}  # the face of frame 2 is not the plate
+    out = tracking.fill(dets, range(3), Linking(1, 0.5, 0), n_frames=3, width=W, height=H)
+    assert tracking.links(dets, Linking(1, 0.5, 0)) == {}  # the face of frame 2 is not the plate
     assert list(zip(out[1].boxes.labels, out[1].boxes.xyxy.tolist())) == [
         ("face", [600, 300, 640, 360]), ("plate", [10, 10, 50, 50]), ("face", [10, 10, 50, 50])]
     assert out[1].origin == ((0, 0), (0, 1), (2, 0))
@@ -73,8 +74,8 @@ def test_labels_do_not_link_and_added_boxes_are_clipped():
 
 def test_detect_every_kth_frame_links_across_the_skipped_frames():
     dets = {f: face(100 + 4 * f, 50, 140 + 4 * f, 90) for f in range(0, 13, 3)}  # no entry: not searched
-    out = tracking.fill(dets, range(13), memory=2, iou=0.3, n_frames=13, width=W, height=H)
-    assert len(tracking.links(dets, 2, 0.3)) == 4
+    out = tracking.fill(dets, range(13), Linking(2, 0.3, 0), n_frames=13, width=W, height=H)
+    assert len(tracking.links(dets, Linking(2, 0.3, 0))) == 4
     for f in range(13):
         assert len(out[f].boxes) >= 1, f
         if f % 3:
@@ -113,29 +114,39 @@ def _random_dets(rng, n_frames, every=1):
     return dets
 
 
-@pytest.mark.parametrize("memory, every", [(0, 1), (1, 1), (3, 1), (2, 3), (5, 2)])
-def test_a_frame_depends_only_on_its_reach(memory, every):
+@pytest.mark.parametrize("memory, every, speed", [(0, 1, 0.5), (1, 1, 0), (3, 1, 0.5),
+                                                  (2, 3, 1.0), (5, 2, 0.5)])
+def test_a_frame_depends_only_on_its_reach(memory, every, speed):
     """What segments rely on: the boxes of frame f computed from the detections of
     [f - reach, f + reach] alone equal those computed from the whole video."""
     rng = np.random.default_rng(memory * 10 + every)
-    n = 80
+    n, rule = 80, Linking(memory, 0.2, speed)
     dets = _random_dets(rng, n, every)
-    full = tracking.fill(dets, range(n), memory, 0.2, n, W, H)
-    r = tracking.reach(memory)
+    full = tracking.fill(dets, range(n), rule, n, W, H)
+    r = rule.reach
     for f in range(n):
         window = {g: d for g, d in dets.items() if f - r <= g <= f + r}
-        local = tracking.fill(window, [f], memory, 0.2, n, W, H)[f]
+        local = tracking.fill(window, [f], rule, n, W, H)[f]
         assert local.source == full[f].source and local.origin == full[f].origin, f
         assert np.array_equal(local.boxes.xyxy, full[f].boxes.xyxy), f
         assert np.array_equal(local.boxes.scores, full[f].boxes.scores), f
         assert local.link == full[f].link, f
     # and a smaller window is not enough in general (the reach is not overstated by much)
     narrow = [f for f in range(n) if not np.array_equal(
-        tracking.fill({g: d for g, d in dets.items() if abs(g - f) <= memory}, [f], memory,
-                      0.2, n, W, H)[f].boxes.xyxy, full[f].boxes.xyxy)]
+        tracking.fill({g: d for g, d in dets.items() if abs(g - f) <= memory}, [f], rule,
+                      n, W, H)[f].boxes.xyxy, full[f].boxes.xyxy)]
     assert narrow or memory == 0
 
 
-def test_negative_memory_is_refused():
-    with pytest.raises(ValueError, match="memory"):
-        tracking.fill({}, [0], -1, 0.2, 1, W, H)
+def test_motion_allowance_links_a_fast_object():
+    dets = {0: face(100, 50, 140, 90), 1: Detections.empty(), 2: face(160, 50, 200, 90)}
+    assert tracking.links(dets, Linking(2, 0.2, 0)) == {}        # no overlap: no link
+    assert tracking.links(dets, Linking(2, 0.2, 0.5)) == {(0, 0): (2, 0)}
+    out = tracking.fill(dets, [1], Linking(2, 0.2, 0.5), 3, W, H)[1]
+    assert out.source == ("interpolated",) and out.boxes.xyxy[0].tolist() == [130, 50, 170, 90]
+
+
+@pytest.mark.parametrize("kw", [dict(memory=-1), dict(speed=-0.1)])
+def test_bad_linking_is_refused(kw):
+    with pytest.raises(ValueError):
+        Linking(**kw)

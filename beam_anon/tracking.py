@@ -6,11 +6,12 @@ included, pixels of the upright frame). A frame with no entry was not searched (
 > 1); a frame with an empty entry was searched and held nothing. With :class:`Linking` memory
 ``M`` (frames) and link horizon ``L = M + 1``:
 
-* **link**: box ``a`` of frame ``f`` links forward to the highest-IoU box of its label in the
-  first frame ``g`` in ``(f, f + L]`` that holds one with IoU >= ``iou`` (ties: lower index),
-  IoU taken after growing both boxes by ``speed * (g - f)`` of their size on every side (an
-  object may move about ``speed`` of its size per frame). Several boxes may link to one; a
-  **track** is a connected component of links.
+* **link**: box ``a`` of frame ``f`` links forward to box ``b`` when ``b`` is the highest-IoU
+  box of its label in the first frame ``g`` in ``(f, f + L]`` that holds one with IoU >= ``iou``
+  (ties: lower index), and ``a`` is likewise ``b``'s best in the last frame before ``g`` that
+  holds one (mutual: an object that vanishes is not linked to a neighbour). IoU is taken after
+  growing both boxes by ``speed * (g - f)`` of their size on every side (an object may move
+  about ``speed`` of its size per frame). A **track** is a connected component of links.
 * **interpolate**: for a link ``a -> b`` with ``g > f + 1``, frames ``f+1 .. g-1`` get the
   linear interpolation of the two boxes (so a face found in frames 10 and 13 is blurred in 11, 12).
 * **extend**: a box with no forward link is carried on for ``M`` frames, one that nothing links
@@ -41,7 +42,7 @@ class Linking:
     a box needs with its next sighting; ``speed``: motion allowed per frame, as a fraction of
     the box size (0: plain IoU)."""
 
-    memory: int = 5
+    memory: int = 3
     iou: float = 0.2
     speed: float = 0.5
 
@@ -75,10 +76,13 @@ class FrameBoxes:
         return self.boxes[np.array([s != DETECTED for s in self.source], bool)]
 
 
-def links(dets: Mapping[int, Detections], rule: Linking) -> dict[BoxId, BoxId]:
-    """Forward link of every box that has one (see the module doc), ``{(f, i): (g, j)}``."""
+def _first_matches(dets: Mapping[int, Detections], rule: Linking,
+                   forward: bool) -> dict[BoxId, BoxId]:
+    """For every box, its best match (highest grown IoU >= ``rule.iou``, same label; ties: lower
+    index) in the nearest frame within the horizon, after it (``forward``) or before it, that
+    holds any match."""
     horizon = rule.memory + 1
-    frames = sorted(dets)
+    frames = sorted(dets, reverse=not forward)
     out: dict[BoxId, BoxId] = {}
     for n, f in enumerate(frames):
         a = dets[f]
@@ -87,12 +91,12 @@ def links(dets: Mapping[int, Detections], rule: Linking) -> dict[BoxId, BoxId]:
         labels = a.labels.astype(str)
         pending = np.ones(len(a), bool)
         for g in frames[n + 1:]:
-            if g > f + horizon or not pending.any():
+            if abs(g - f) > horizon or not pending.any():
                 break
             b = dets[g]
             if not len(b):
                 continue
-            grow = rule.speed * (g - f)
+            grow = rule.speed * abs(g - f)
             ious = iou_matrix(expand(a, grow).xyxy, expand(b, grow).xyxy)
             ious[labels[:, None] != b.labels.astype(str)[None, :]] = -1.0
             for i in np.flatnonzero(pending):
@@ -101,6 +105,15 @@ def links(dets: Mapping[int, Detections], rule: Linking) -> dict[BoxId, BoxId]:
                     out[(f, int(i))] = (g, j)
                     pending[i] = False
     return out
+
+
+def links(dets: Mapping[int, Detections], rule: Linking) -> dict[BoxId, BoxId]:
+    """Forward link of every box that has one (see the module doc), ``{(f, i): (g, j)}``:
+    ``b`` is ``a``'s best match in the next frame holding one, and ``a`` is ``b``'s in the
+    previous frame holding one (mutual, so an object that vanishes is not linked to a
+    neighbour)."""
+    ahead, behind = _first_matches(dets, rule, True), _first_matches(dets, rule, False)
+    return {a: b for a, b in ahead.items() if behind.get(b) == a}
 
 
 def _box(dets: Mapping[int, Detections], box_id: BoxId) -> np.ndarray:
@@ -123,10 +136,7 @@ def fill(dets: Mapping[int, Detections], frames: Iterable[int], rule: Linking,
     memory = rule.memory
     wanted = set(frames)
     fwd = links(dets, rule)
-    back: dict[BoxId, BoxId] = {}
-    for a, b in sorted(fwd.items()):  # the latest box linking to b (sorted: last one wins)
-        back[b] = a
-    linked_to = set(fwd.values())
+    back = {b: a for a, b in fwd.items()}  # links are mutual: one box links to b at most
     added: dict[int, list[tuple[np.ndarray, str, float, str, BoxId]]] = {f: [] for f in wanted}
 
     def add(frame: int, xyxy: np.ndarray, origin: BoxId, source: str, score: float):
@@ -148,7 +158,7 @@ def fill(dets: Mapping[int, Detections], frames: Iterable[int], rule: Linking,
                 for s in range(1, memory + 1):
                     if f + s < n_frames:
                         add(f + s, _union(box, box + v * s), a, EXTENDED, score)
-            if a not in linked_to:
+            if a not in back:
                 v = _velocity(dets, a, fwd.get(a))
                 for s in range(1, memory + 1):
                     if f - s >= 0:

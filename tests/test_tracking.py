@@ -146,6 +146,22 @@ def test_motion_allowance_links_a_fast_object():
     assert out.source == ("interpolated",) and out.boxes.xyxy[0].tolist() == [130, 50, 170, 90]
 
 
+def test_a_vanishing_object_is_not_linked_to_a_passing_one():
+    """B is hidden in frames 20-23; A passes close by. A is A's own best match backward, so B
+    keeps its track end and is carried on (not interpolated towards A)."""
+    dets = {}
+    for f in range(17, 27):
+        a = face(10 + 3 * f, 10, 34 + 3 * f, 34)
+        dets[f] = a if 20 <= f <= 23 else Detections.concat([a, face(120, 50, 144, 74)])
+    rule = Linking(3, 0.2, 0.5)
+    assert all(b[1] == a[1] for a, b in tracking.links(dets, rule).items())  # A-A, B-B only
+    out = tracking.fill(dets, range(17, 27), rule, 30, W, H)
+    for f in (20, 21, 22, 23):
+        hidden = [b.tolist() for b, src in zip(out[f].boxes.xyxy, out[f].source)
+                  if src == "extended" and b[0] >= 120]
+        assert [120, 50, 144, 74] in hidden, f
+
+
 @pytest.mark.parametrize("kw", [dict(memory=-1), dict(speed=-0.1)])
 def test_bad_linking_is_refused(kw):
     with pytest.raises(ValueError):

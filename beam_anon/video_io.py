@@ -128,11 +128,29 @@ class Probe:
 
 @contextlib.contextmanager
 def open_video(path: str):
-    """``av`` input container of ``path`` on any Beam filesystem."""
+    """``av`` input container of ``path`` on any Beam filesystem; VideoError for an empty file
+    or one FFmpeg cannot open."""
     with FileSystems.open(path, mime_type="application/octet-stream",
                           compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        with av.open(f, "r") as container:
+        if not f.read(1):
+            raise VideoError("empty file (0 bytes)")
+        f.seek(0)
+        try:
+            container = av.open(f, "r")
+        except av.FFmpegError as e:
+            raise VideoError(f"not a video file FFmpeg can read (damaged, truncated or another "
+                             f"format): {e}") from e
+        with container:
             yield container
+
+
+def _read(items, what):
+    """Iterate ``items`` (PyAV packets or frames), turning FFmpeg errors into VideoError with
+    ``what`` (a string, or a function giving one) in front."""
+    try:
+        yield from items
+    except av.FFmpegError as e:
+        raise VideoError(f"{what() if callable(what) else what}: {e}") from e
 
 
 def _rate(stream) -> Fraction:
@@ -164,23 +182,29 @@ def probe(path: str, max_pixels: int) -> Probe:
             raise VideoError(f"frames of {width}x{height} = {width * height} pixels exceed "
                              f"max_pixels={max_pixels} (resource guard); nothing decoded")
         rate, time_base = _rate(v), Fraction(v.time_base)
-        packets = []
-        for p in c.demux(v):
-            if p.size:
-                if p.is_corrupt:
-                    raise VideoError(f"video packet {len(packets)} is marked corrupt")
+        packets, counts = [], {s.index: 0 for s in c.streams}
+        for p in _read(c.demux(), "cannot read the file's packets"):
+            if not p.size:
+                continue
+            if p.is_corrupt:
+                raise VideoError(f"{p.stream.type} packet {counts[p.stream.index]} is damaged "
+                                 "or cut off (corrupt or truncated file)")
+            counts[p.stream.index] += 1
+            if p.stream.index == v.index:
                 packets.append((p.pts, p.duration, p.is_keyframe, p.dts))
         if not packets:
             raise VideoError("the video stream holds no frames")
         # mp4/mov list every sample in the header (AVI's count includes empty 'drop' chunks)
-        if container in ("mp4", "mov") and v.frames and v.frames != len(packets):
-            raise VideoError(f"the header lists {v.frames} video frames but the file holds "
-                             f"{len(packets)} (truncated?)")
+        for s in c.streams if container in ("mp4", "mov") else ():
+            if s.type in ("video", "audio") and s.frames and s.frames != counts[s.index]:
+                raise VideoError(f"the header lists {s.frames} {s.type} packets but the file "
+                                 f"holds {counts[s.index]} (truncated?)")
         streams = [s.type for s in c.streams if s.index != v.index]
         duration = c.duration / av.time_base if c.duration else 0.0
         codec = v.codec_context.name
     with open_video(path) as c:
-        first = next(c.decode(c.streams.video[0]), None)
+        first = next(_read(c.decode(c.streams.video[0]), "the first frame cannot be decoded"),
+                     None)
         if first is None:
             raise VideoError("no frame could be decoded")
         orientation = orientation_from_matrix(_display_matrix(first))
@@ -234,7 +258,7 @@ def _decode(path, info, lo, hi, pts, seek: bool):
         if seek:
             c.seek(int(pts[0]), stream=v, backward=True, any_frame=False)
         seen, index = 0, lo  # seen: frames decoded (non-seekable videos count from the start)
-        for frame in c.decode(v):
+        for frame in _read(c.decode(v), lambda: f"undecodable video data at frame {index}"):
             if frame.is_corrupt:
                 raise VideoError(f"frame {index}: the decoder marked it corrupt")
             if info.seekable:

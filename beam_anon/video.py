@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 import uuid
 from collections import defaultdict, deque
@@ -41,6 +42,18 @@ SIDECAR_SUFFIX = ".boxes.jsonl"
 PROGRESS_SECONDS = 10.0
 MAX_REVIEW_BOXES = 100
 log = logging.getLogger(__name__)
+progress_log = logging.getLogger("beam_anon.progress")
+
+
+def show_progress() -> None:
+    """Make the progress lines (INFO on ``beam_anon.progress``) reach this process's stderr
+    whatever the runner's log level (local terminal; worker logs on Dataflow). Idempotent."""
+    if not any(getattr(h, "_beam_anon", False) for h in progress_log.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("beam_anon: %(message)s"))
+        handler._beam_anon = True
+        progress_log.addHandler(handler)
+    progress_log.setLevel(logging.INFO)
 
 
 @dataclass(frozen=True)
@@ -148,8 +161,8 @@ class _Progress:
         if final or now - self.last >= PROGRESS_SECONDS:
             self.last = now
             rate = done / max(now - self.start, 1e-9)
-            log.info("%s: %d/%d frames, %.2f frames/s%s", self.name, done, self.total, rate,
-                     " (done)" if final else "")
+            progress_log.info("%s: %d/%d frames, %.2f frames/s%s", self.name, done,
+                              self.total, rate, " (done)" if final else "")
 
 
 def process_segment(task: SegmentTask, anonymizer, settings: Settings,

@@ -73,6 +73,7 @@ class _SegmentFn(beam.DoFn):
 
     def setup(self):
         self.anonymizer = self.factory(self.settings, self.models_dir)
+        video.show_progress()
 
     def process(self, task: video.SegmentTask):
         self.segments.inc()

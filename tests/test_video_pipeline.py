@@ -195,9 +195,9 @@ def test_keep_metadata_keeps_the_capture_time_only(tmp_path):
 def test_progress_is_logged(tmp_path, caplog):
     frames, _ = marker_frames(6)
     write_video(str(tmp_path / "in" / "p.mp4"), frames, FPS)
-    with caplog.at_level(logging.INFO, logger="beam_anon.video"):
+    with caplog.at_level(logging.INFO, logger="beam_anon.progress"):
         _run(tmp_path / "in" / "p.mp4", tmp_path / "out")
-    lines = [r.getMessage() for r in caplog.records if r.name == "beam_anon.video"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "beam_anon.progress"]
     assert any("p.mp4: segment 1/1 (frames 0-5 of 6): 6/6 frames" in m and "frames/s" in m
                for m in lines), lines
 

@@ -185,3 +185,31 @@ def make_clip(path: str, sample_paths: Sequence[str], frames: int = 20, fps: int
     images, truth = render(sample_paths, frames, size, shake_every)
     write_video(path, images, fps, **write)
     return Clip(path, frames, fps, size, truth, shake_every)
+
+
+def main(argv=None) -> int:
+    """``python -m beam_anon.video_sample OUT.mp4 [--frames N] [--fps F] [--size WxH]
+    [--rotation DEG] [--shake_every N]``: write the clip (for the demo and by hand)."""
+    import argparse
+
+    from beam_anon import models
+
+    p = argparse.ArgumentParser(prog="python -m beam_anon.video_sample",
+                                description="Write the generated sample clip.")
+    p.add_argument("path", help="output file; its extension picks the container")
+    p.add_argument("--frames", type=int, default=40)
+    p.add_argument("--fps", type=int, default=10)
+    p.add_argument("--size", default="480x270", help="display size WxH")
+    p.add_argument("--rotation", type=int, default=0, help="store turned, with a display "
+                   "matrix (counter-clockwise degrees, multiple of 90)")
+    p.add_argument("--shake_every", type=int, default=0, help="smear every n-th frame")
+    args = p.parse_args(argv)
+    size = tuple(int(x) for x in args.size.lower().split("x"))
+    clip = make_clip(args.path, models.fetch_samples(), args.frames, args.fps, size,
+                     args.shake_every, rotation=args.rotation, gop=args.fps)
+    print(f"wrote {clip.path}: {clip.frames} frames at {clip.fps} fps, {size[0]}x{size[1]}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

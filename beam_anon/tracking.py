@@ -15,9 +15,11 @@ included, pixels of the upright frame). A frame with no entry was not searched (
 * **interpolate**: for a link ``a -> b`` with ``g > f + 1``, frames ``f+1 .. g-1`` get the
   linear interpolation of the two boxes (so a face found in frames 10 and 13 is blurred in 11, 12).
 * **extend**: a box with no forward link is carried on for ``M`` frames, one that nothing links
-  to is carried back for ``M`` frames; it moves at the per-frame velocity of its nearest link
-  (the box linking to it, or the box it links to; still if none), and each carried box is the
-  union of the moved box and the original, so a slowed-down object stays covered too.
+  to is carried back for ``M`` frames; it moves at the per-frame velocity of its link (the box
+  linking to it, or the box it links to; still if none), and each carried box is the union of
+  the moved box and the original, so a slowed-down object stays covered too.
+* Added boxes grow by ``grow`` of their size per side for each frame they are away from the
+  nearest sighting.
 
 Locality: the boxes of frame ``f`` depend only on detections in frames ``[f - reach, f + reach]``
 (``Linking.reach = 2L``). A video segment that detects that much context on each side therefore computes
@@ -40,17 +42,20 @@ BoxId = tuple[int, int]  # (frame, index of the box in that frame's Detections)
 class Linking:
     """``memory``: frames (>= 0) a gap may last and a track is carried on; ``iou``: the overlap
     a box needs with its next sighting; ``speed``: motion allowed per frame, as a fraction of
-    the box size (0: plain IoU)."""
+    the box size (0: plain IoU); ``grow``: how much an added box grows per frame away from the
+    nearest sighting, fraction of its size per side (motion is not quite linear)."""
 
     memory: int = 3
     iou: float = 0.2
     speed: float = 0.5
+    grow: float = 0.15
 
     def __post_init__(self):
         if self.memory < 0:
             raise ValueError(f"track memory must be >= 0 frames, got {self.memory}")
-        if self.speed < 0:
-            raise ValueError(f"track speed must be >= 0, got {self.speed}")
+        if self.speed < 0 or self.grow < 0:
+            raise ValueError(f"track speed and grow must be >= 0, got {self.speed}, "
+                             f"{self.grow}")
 
     @property
     def reach(self) -> int:
@@ -149,7 +154,8 @@ def fill(dets: Mapping[int, Detections], frames: Iterable[int], rule: Linking,
         score = float(min(dets[f].scores[i], dets[g].scores[j]))
         for h in range(f + 1, g):
             t = (h - f) / (g - f)
-            add(h, a + (b - a) * t, (f, i), INTERPOLATED, score)
+            add(h, _grown(a + (b - a) * t, rule.grow * min(h - f, g - h)), (f, i),
+                INTERPOLATED, score)
     for f in sorted(dets):
         for i in range(len(dets[f])):
             a, box, score = (f, i), _box(dets, (f, i)), float(dets[f].scores[i])
@@ -157,18 +163,26 @@ def fill(dets: Mapping[int, Detections], frames: Iterable[int], rule: Linking,
                 v = _velocity(dets, back.get(a), a)
                 for s in range(1, memory + 1):
                     if f + s < n_frames:
-                        add(f + s, _union(box, box + v * s), a, EXTENDED, score)
+                        add(f + s, _grown(_union(box, box + v * s), rule.grow * s), a, EXTENDED,
+                            score)
             if a not in back:
                 v = _velocity(dets, a, fwd.get(a))
                 for s in range(1, memory + 1):
                     if f - s >= 0:
-                        add(f - s, _union(box, box - v * s), a, EXTENDED, score)
+                        add(f - s, _grown(_union(box, box - v * s), rule.grow * s), a, EXTENDED,
+                            score)
     return {f: _frame_boxes(f, dets.get(f, Detections.empty()), added[f], fwd, width, height)
             for f in sorted(wanted)}
 
 
 def _union(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.concatenate([np.minimum(a[:2], b[:2]), np.maximum(a[2:], b[2:])])
+
+
+def _grown(box: np.ndarray, fraction: float) -> np.ndarray:
+    """``box`` grown by ``fraction`` of its width/height on every side."""
+    pad = (box[2:] - box[:2]) * fraction
+    return box + np.concatenate([-pad, pad])
 
 
 def _frame_boxes(f: int, own: Detections, added: list, fwd: dict, width: int,

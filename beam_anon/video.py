@@ -63,6 +63,7 @@ class VideoSettings:
     track_memory: int = 3        # gaps up to this long are bridged; tracks extended this far
     track_iou: float = 0.2       # IoU a box needs with its next sighting to link to it
     track_speed: float = 0.5     # motion allowed per frame when linking, fraction of box size
+    track_grow: float = 0.15     # added boxes grow this much per frame from a sighting (per side)
     detect_every: int = 1        # detect on every k-th frame (and the last); track in between
     segment_frames: int = 300    # frames per segment (cut at the next keyframe); 0: never split
     crf: int = 18                # libx264 quality, 0 (lossless) .. 51; 18 ~ visually lossless
@@ -81,7 +82,8 @@ class VideoSettings:
 
     @property
     def linking(self) -> tracking.Linking:
-        return tracking.Linking(self.track_memory, self.track_iou, self.track_speed)
+        return tracking.Linking(self.track_memory, self.track_iou, self.track_speed,
+                                self.track_grow)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -16,6 +16,7 @@ Prints a table; ``--json`` also writes the numbers.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -70,7 +71,7 @@ def replay(clip: Clip, dets: dict[int, Detections], memory: int | None, every: i
     seen = {f: d for f, d in dets.items() if detect_frame(f, n, every)}
     if memory is None:
         return seen
-    rule = tracking.Linking(memory, rule.iou, rule.speed)
+    rule = dataclasses.replace(rule, memory=memory)
     return {f: fb.boxes for f, fb in tracking.fill(seen, range(n), rule, n, w, h).items()}
 
 

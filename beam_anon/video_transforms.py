@@ -147,6 +147,10 @@ class VideoOptions(PipelineOptions):
                             help="video: motion a tracked box may make per frame, as a "
                             "fraction of its size, and still be linked (0 = plain IoU) "
                             "(default: %(default)s)")
+        parser.add_argument("--video_track_grow", type=float, default=d.track_grow,
+                            help="video: interpolated and carried-on boxes grow by this "
+                            "fraction of their size per side for each frame away from a "
+                            "sighting (default: %(default)s)")
         parser.add_argument("--video_detect_every", type=int, default=d.detect_every,
                             help="video: run the detectors on every k-th frame (and the last) "
                             "and blur tracked boxes in between; faster, lower recall "
@@ -164,8 +168,9 @@ class VideoOptions(PipelineOptions):
 
     def video_settings(self) -> video.VideoSettings:
         return video.VideoSettings(self.video_track_memory, self.video_track_iou,
-                                   self.video_track_speed, self.video_detect_every,
-                                   self.video_segment_frames, self.video_crf, self.video_preset)
+                                   self.video_track_speed, self.video_track_grow,
+                                   self.video_detect_every, self.video_segment_frames,
+                                   self.video_crf, self.video_preset)
 
 
 def build(pipeline, opts, anonymizer_factory=None):

@@ -22,8 +22,9 @@ included, pixels of the upright frame). A frame with no entry was not searched (
   nearest sighting.
 
 Locality: the boxes of frame ``f`` depend only on detections in frames ``[f - reach, f + reach]``
-(``Linking.reach = 2L``). A video segment that detects that much context on each side therefore computes
-exactly what a whole-video run computes (``tests/test_tracking.py`` checks it).
+(``Linking.reach = 2L``). A video segment that detects that much context on each side
+therefore computes exactly what a whole-video run computes (``tests/test_tracking.py`` checks
+it).
 """
 from __future__ import annotations
 

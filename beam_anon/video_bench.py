@@ -10,7 +10,9 @@ values (detection on a subset of frames = the same per-frame boxes, fewer of the
 counts as covered in a frame when the blurred boxes cover >= 70 % of it (as
 ``beam_anon.evaluate``); only boxes >= 80 % inside the frame count. ``speed``: whole pipeline
 runs (``python -m pipelines.anonymize``, FnApiRunner, fresh process each), frames/s by wall
-clock including model loading; and the decode + encode floor in one process.
+clock including model loading, and CPU seconds per frame of all the run's processes (the figure
+that does not depend on what else the machine runs); and the decode + encode floor in one
+process.
 Prints a table; ``--json`` also writes the numbers.
 """
 from __future__ import annotations
@@ -19,6 +21,7 @@ import argparse
 import dataclasses
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -103,7 +106,8 @@ def _print_recall(rows, seconds, clip):
               f"| {lab.get('plate', 0):.3f} | {r['blurred_fraction']:.1%} |")
 
 
-def _pipeline_seconds(src: str, workers: int, every: int, frames: int) -> float:
+def _pipeline_seconds(src: str, workers: int, every: int, frames: int) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (all processes of the run) of one pipeline run."""
     with tempfile.TemporaryDirectory() as out:
         cmd = [sys.executable, "-m", "pipelines.anonymize", "--input", src, "--output", out,
                "--runner=FnApiRunner", f"--direct_num_workers={workers}",
@@ -111,13 +115,14 @@ def _pipeline_seconds(src: str, workers: int, every: int, frames: int) -> float:
                str(max(1, frames // (2 * workers)) if workers > 1 else 0)]
         if workers > 1:
             cmd.append("--direct_running_mode=multi_processing")
-        t = time.perf_counter()
+        t, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        seconds = time.perf_counter() - t
+        seconds, after = time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
         rec = json.loads(open(os.path.join(out, "manifest.jsonl")).readline())
         if rec["status"] != "ok":
             raise RuntimeError(f"benchmark run failed: {rec['error']}")
-    return seconds
+    return seconds, cpu
 
 
 def _floor_fps(clip: Clip) -> float:
@@ -162,14 +167,17 @@ def main(argv=None) -> int:
             result = {"floor_fps": _floor_fps(clip), "runs": []}
             print(f"clip: {clip.frames} frames, {clip.size[0]}x{clip.size[1]}; decode + encode "
                   f"floor {result['floor_fps']:.1f} frames/s")
-            print("| workers | detect_every | wall s | frames/s |")
-            print("|---|---|---|---|")
+            print(f"load average at the start: {os.getloadavg()[0]:.1f}")
+            print("| workers | detect_every | wall s | frames/s | CPU s/frame |")
+            print("|---|---|---|---|---|")
             for every in map(int, args.every.split(",")):
                 for workers in map(int, args.workers.split(",")):
-                    s = _pipeline_seconds(clip.path, workers, every, clip.frames)
+                    s, cpu = _pipeline_seconds(clip.path, workers, every, clip.frames)
                     result["runs"].append({"workers": workers, "detect_every": every,
-                                           "seconds": s, "fps": clip.frames / s})
-                    print(f"| {workers} | {every} | {s:.1f} | {clip.frames / s:.3f} |")
+                                           "seconds": s, "fps": clip.frames / s,
+                                           "cpu_per_frame": cpu / clip.frames})
+                    print(f"| {workers} | {every} | {s:.1f} | {clip.frames / s:.3f} | "
+                          f"{cpu / clip.frames:.2f} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

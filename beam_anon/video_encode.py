@@ -152,8 +152,9 @@ def join(parts: Sequence[str], source: str, dest: str, info: VideoInfo,
                         yield packet
 
             frames = 0
-            h264 = first.streams.video[0].codec_context.name == "h264"
-            for packet in heapq.merge(_part_packets(parts, video, h264 and info.container == "avi"), audio_packets(),
+            annexb = (info.container == "avi"
+                      and first.streams.video[0].codec_context.name == "h264")
+            for packet in heapq.merge(_part_packets(parts, video, annexb), audio_packets(),
                                       key=_time):
                 frames += packet.stream is video
                 out.mux(packet)

@@ -73,7 +73,8 @@ def test_labels_do_not_link_and_added_boxes_are_clipped():
 
 
 def test_detect_every_kth_frame_links_across_the_skipped_frames():
-    dets = {f: face(100 + 4 * f, 50, 140 + 4 * f, 90) for f in range(0, 13, 3)}  # no entry: not searched
+    # frames without an entry were not searched
+    dets = {f: face(100 + 4 * f, 50, 140 + 4 * f, 90) for f in range(0, 13, 3)}
     out = tracking.fill(dets, range(13), Linking(2, 0.3, 0, 0), n_frames=13, width=W, height=H)
     assert len(tracking.links(dets, Linking(2, 0.3, 0, 0))) == 4
     for f in range(13):

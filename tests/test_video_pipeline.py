@@ -89,7 +89,8 @@ def test_output_keeps_container_frames_timing_audio_and_drops_the_rest(clip, spl
     data = out.read_bytes()
     assert not [s for s in SECRETS if s in data]
     assert not leftovers(str(split))
-    assert "beam_anon: 1 videos, 1 ok, 0 failed, 30 frames in 3 segments" in (root / "split_summary.txt").read_text()
+    summary = (root / "split_summary.txt").read_text()
+    assert "beam_anon: 1 videos, 1 ok, 0 failed, 30 frames in 3 segments" in summary
 
 
 def test_every_object_is_blurred_in_every_frame_missed_ones_too(clip, split):

@@ -9,9 +9,11 @@ import json
 import logging
 import os
 
+import apache_beam as beam
 import av
 import numpy as np
 import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_anon import video_io
 from beam_anon.video_sample import SECRETS, write_video
@@ -215,3 +217,17 @@ def test_input_format_and_option_checks(tmp_path):
         with pytest.raises(SystemExit, match=message):
             _run(tmp_path / "in" / "clip.MOV", tmp_path / "out2", "--input_format", "video",
                  *bad)
+
+
+def test_dataflow_graph_for_videos_builds_offline(capsys):
+    argv = ["--input", "gs://bkt/drives/**.mp4", "--output", "gs://bkt/anon",
+            "--runner=DataflowRunner", "--project=my-project", "--region=us-central1",
+            "--temp_location=gs://bkt/tmp", "--dry_run=True"]
+    options = PipelineOptions(argv)
+    pipeline = beam.Pipeline(options=options)
+    cli.build(pipeline, options.view_as(cli.AnonymizeOptions))
+    labels = {t.unique_name for t in pipeline.to_runner_api().components.transforms.values()}
+    assert {"AnonymizeVideos/Segments", "AnonymizeVideos/ByVideo", "AnonymizeVideos/Finish",
+            "WriteRecords/WriteManifest"} <= labels
+    assert cli.main(argv) is not None
+    assert "gs://bkt/anon/manifest.jsonl" in capsys.readouterr().out

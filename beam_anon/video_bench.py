@@ -106,13 +106,14 @@ def _print_recall(rows, seconds, clip):
               f"| {lab.get('plate', 0):.3f} | {r['blurred_fraction']:.1%} |")
 
 
-def _pipeline_seconds(src: str, workers: int, every: int, frames: int) -> tuple[float, float]:
-    """Wall seconds and CPU seconds (all processes of the run) of one pipeline run."""
+def _pipeline_run(src: str, workers: int, every: int, frames: int) -> tuple[float, float, int]:
+    """Wall seconds, CPU seconds (all processes of the run) and detector runs of one pipeline
+    run; with several workers the video is cut into one segment per worker."""
     with tempfile.TemporaryDirectory() as out:
         cmd = [sys.executable, "-m", "pipelines.anonymize", "--input", src, "--output", out,
                "--runner=FnApiRunner", f"--direct_num_workers={workers}",
                f"--video_detect_every={every}", "--video_segment_frames",
-               str(max(1, frames // (2 * workers)) if workers > 1 else 0)]
+               str(-(-frames // workers) if workers > 1 else 0)]
         if workers > 1:
             cmd.append("--direct_running_mode=multi_processing")
         t, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -122,7 +123,7 @@ def _pipeline_seconds(src: str, workers: int, every: int, frames: int) -> tuple[
         rec = json.loads(open(os.path.join(out, "manifest.jsonl")).readline())
         if rec["status"] != "ok":
             raise RuntimeError(f"benchmark run failed: {rec['error']}")
-    return seconds, cpu
+    return seconds, cpu, rec["video"]["detector_runs"]
 
 
 def _floor_fps(clip: Clip) -> float:
@@ -168,16 +169,17 @@ def main(argv=None) -> int:
             print(f"clip: {clip.frames} frames, {clip.size[0]}x{clip.size[1]}; decode + encode "
                   f"floor {result['floor_fps']:.1f} frames/s")
             print(f"load average at the start: {os.getloadavg()[0]:.1f}")
-            print("| workers | detect_every | wall s | frames/s | CPU s/frame |")
-            print("|---|---|---|---|---|")
+            print("| workers | detect_every | detector runs | wall s | frames/s | CPU s/frame |")
+            print("|---|---|---|---|---|---|")
             for every in map(int, args.every.split(",")):
                 for workers in map(int, args.workers.split(",")):
-                    s, cpu = _pipeline_seconds(clip.path, workers, every, clip.frames)
+                    s, cpu, runs = _pipeline_run(clip.path, workers, every, clip.frames)
                     result["runs"].append({"workers": workers, "detect_every": every,
-                                           "seconds": s, "fps": clip.frames / s,
+                                           "detector_runs": runs, "seconds": s,
+                                           "fps": clip.frames / s,
                                            "cpu_per_frame": cpu / clip.frames})
-                    print(f"| {workers} | {every} | {s:.1f} | {clip.frames / s:.3f} | "
-                          f"{cpu / clip.frames:.2f} |")
+                    print(f"| {workers} | {every} | {runs} | {s:.1f} | {clip.frames / s:.3f} | "
+                          f"{cpu / clip.frames:.2f} |", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

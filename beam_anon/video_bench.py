@@ -92,6 +92,19 @@ def recall_table(clip: Clip, dets: dict[int, Detections]) -> list[dict]:
     return rows
 
 
+#: tracker variants compared at detect_every 3, memory 2: (name, speed, grow)
+VARIANTS = (("plain IoU", 0.0, 0.0), ("+ motion allowance (speed 0.5)", 0.5, 0.0),
+            ("+ growing added boxes (grow 0.15): the default", 0.5, 0.15))
+
+
+def variant_table(clip: Clip, dets: dict[int, Detections], every: int = 3,
+                  memory: int = 2) -> list[dict]:
+    """Recall of the tracker variants of :data:`VARIANTS` (same detections)."""
+    return [{"variant": name, **frame_coverage(clip, replay(
+        clip, dets, memory, every, tracking.Linking(memory, 0.2, speed, grow)))}
+        for name, speed, grow in VARIANTS]
+
+
 def _print_recall(rows, seconds, clip):
     print(f"clip: {clip.frames} frames, {clip.fps} fps, {clip.size[0]}x{clip.size[1]}, "
           f"shake_every {clip.shake_every}, "
@@ -162,8 +175,13 @@ def main(argv=None) -> int:
             from beam_anon.anonymize import load_anonymizer
             from beam_anon.settings import Settings
             dets, seconds = detect_clip(clip, load_anonymizer(Settings()))
-            result = {"seconds_per_frame": seconds, "rows": recall_table(clip, dets)}
+            result = {"seconds_per_frame": seconds, "rows": recall_table(clip, dets),
+                      "variants": variant_table(clip, dets)}
             _print_recall(result["rows"], seconds, clip)
+            print("\ntracker variants, detect_every 3, memory 2:\n| variant | recall | "
+                  "blurred area |\n|---|---|---|")
+            for v in result["variants"]:
+                print(f"| {v['variant']} | {v['recall']:.3f} | {v['blurred_fraction']:.1%} |")
         else:
             result = {"floor_fps": _floor_fps(clip), "runs": []}
             print(f"clip: {clip.frames} frames, {clip.size[0]}x{clip.size[1]}; decode + encode "

@@ -17,5 +17,6 @@ setup(
         "onnxruntime==1.32.0",
         "onnx==1.23.2",
         "pillow==12.3.0",
+        "av==18.1.0",
     ],
 )

@@ -33,6 +33,12 @@ review        dict | null       why a person should look: ``{reasons, boxes}``; 
                                 ``verify_survived``, ``verify_reblurred``, ``near_threshold``;
                                 boxes ``{label, score, x0, y0, x1, y1, reason}`` (pixels, as
                                 ``boxes``); ``near_threshold`` boxes were NOT blurred
+video         dict | null       videos only (``beam_anon.video``): ``frames``, ``fps``,
+                                ``duration`` (s), ``rotation`` (degrees applied), counts
+                                ``boxes`` / ``tracks`` per label, ``boxes_added`` (by the
+                                temporal step), ``sidecar`` (``OUTPUT/<key>.boxes.jsonl``, the
+                                per-frame boxes; ``boxes`` above stays empty), streams, segments
+                                and the video settings; null for images
 ============  ================  ===============================================================
 """
 from __future__ import annotations
@@ -69,6 +75,7 @@ class ManifestRecord:
     megapixels: dict[str, float] = field(default_factory=dict)
     needs_review: bool = False
     review: dict | None = None
+    video: dict | None = None
 
     @property
     def ok(self) -> bool:

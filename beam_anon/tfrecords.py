@@ -281,9 +281,12 @@ class TFRecordOptions(beam.options.pipeline_options.PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        parser.add_argument("--input_format", choices=("images", "tfrecord"), default="images",
+        parser.add_argument("--input_format", choices=("images", "tfrecord", "video"),
+                            default="images",
                             help="images: --input matches image files; tfrecord: --input "
-                            "matches TFRecord shards of tf.train.Example (default: %(default)s)")
+                            "matches TFRecord shards of tf.train.Example; video: --input "
+                            "matches video files (chosen without this option when --input "
+                            "ends in .mp4, .mov, .mkv or .avi) (default: %(default)s)")
         parser.add_argument("--image_keys", default="image/encoded", help="tfrecord: comma-"
                             "separated bytes features holding the images; every one must be "
                             "present (default: %(default)s)")

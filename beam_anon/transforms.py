@@ -16,9 +16,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 import time
 import uuid
-from typing import Callable, Iterable
+from typing import BinaryIO, Callable, Iterable
 
 import apache_beam as beam
 import cv2
@@ -64,15 +65,19 @@ def check_key(key: str) -> str:
     return key
 
 
-def write_atomic(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same directory and a rename, so a
-    reader never sees a partial file; the temporary file is removed on failure."""
+def write_atomic(path: str, data: bytes | BinaryIO) -> None:
+    """Write ``data`` (bytes, or a binary file object read to its end) to ``path`` via a
+    temporary file in the same directory and a rename, so a reader never sees a partial file;
+    the temporary file is removed on failure."""
     directory, name = FileSystems.split(path)
     tmp = FileSystems.join(directory, f".{name}.{uuid.uuid4().hex}.tmp")
     try:
         with FileSystems.create(tmp, mime_type="application/octet-stream",
                                 compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            f.write(data)
+            if isinstance(data, (bytes, bytearray, memoryview)):
+                f.write(data)
+            else:
+                shutil.copyfileobj(data, f, 1 << 20)
         FileSystems.rename([tmp], [path])
     except BaseException:
         try:

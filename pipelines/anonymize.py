@@ -6,7 +6,8 @@ Writes ``OUTPUT/<path relative to the input glob's directory>`` for every image 
 ``OUTPUT/manifest.jsonl`` with one record per input (schema: ``beam_anon.manifest``). Images that
 fail get no output file and a ``failed`` record. ``--input_format tfrecord``: ``--input`` matches
 TFRecord shards of ``tf.train.Example``; ``OUTPUT/data-*.tfrecord`` is written
-(``beam_anon.tfrecords``).
+(``beam_anon.tfrecords``). ``--input_format video`` (or an ``--input`` ending in .mp4, .mov, .mkv,
+.avi): anonymized videos and ``OUTPUT/<key>.boxes.jsonl`` (``beam_anon.video``).
 Arguments not listed here go to Beam:
 ``--runner`` (default FnApiRunner: local, offline, one worker process per core), ``--direct_num_workers``,
 ``--direct_running_mode``; on Dataflow ``--runner=DataflowRunner --project --region
@@ -23,11 +24,12 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from beam_anon import tfrecords
+from beam_anon import tfrecords, video_transforms
 from beam_anon.options import add_settings_arguments, parse_bool, settings_from
 from beam_anon.settings import Settings
 from beam_anon.transforms import (NAMESPACE, AnonymizeImages, ReadImages, WriteAnonymized,
                                   glob_prefix, manifest_path)
+from beam_anon.video_io import is_video_path
 
 DEFAULT_RUNNER = "FnApiRunner"
 
@@ -89,8 +91,11 @@ def _check(opts: AnonymizeOptions) -> None:
 def build(pipeline: beam.Pipeline, opts: AnonymizeOptions, anonymizer_factory=None):
     """Add read -> anonymize -> write to ``pipeline``; returns the final records.
     ``anonymizer_factory``: see ``AnonymizeImages`` (default: the real models)."""
-    if opts.view_as(tfrecords.TFRecordOptions).input_format == "tfrecord":
+    input_format = opts.view_as(tfrecords.TFRecordOptions).input_format
+    if input_format == "tfrecord":
         return tfrecords.build(pipeline, opts, anonymizer_factory)
+    if input_format == "video" or (input_format == "images" and is_video_path(opts.input)):
+        return video_transforms.build(pipeline, opts, anonymizer_factory)
     return (pipeline
             | "ReadImages" >> ReadImages(opts.input)
             | "AnonymizeImages" >> AnonymizeImages(
@@ -105,6 +110,11 @@ def summary(result, opts: AnonymizeOptions) -> str:
     for c in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]:
         value = c.committed if c.committed is not None else c.attempted
         counts[c.key.metric.name] = counts.get(c.key.metric.name, 0) + int(value or 0)
+    if "videos" in counts:
+        videos, failed = counts["videos"], counts.get("videos_failed", 0)
+        return (f"beam_anon: {videos} videos, {videos - failed} ok, {failed} failed, "
+                f"{counts.get('frames', 0)} frames in {counts.get('video_segments', 0)} "
+                f"segments -> {opts.output} (manifest: {manifest_path(opts.output)})")
     images, failed = counts.get("images", 0), counts.get("images_failed", 0)
     skipped = f" ({counts['images_skipped']} skipped)" if counts.get("images_skipped") else ""
     return (f"beam_anon: {images} images, {images - failed} ok{skipped}, {failed} failed, "
@@ -121,6 +131,7 @@ def main(argv: list[str] | None = None, anonymizer_factory=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     AnonymizeOptions._add_argparse_args(parser)
     tfrecords.TFRecordOptions._add_argparse_args(parser)
+    video_transforms.VideoOptions._add_argparse_args(parser)
     parser.parse_known_args(argv)  # --help, and type errors reported before Beam starts
     options = PipelineOptions(argv)
     if not options.view_as(StandardOptions).runner:

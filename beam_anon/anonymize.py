@@ -89,8 +89,8 @@ class Anonymizer:
             unsure.append(dets[~sure])
 
         for name, detector, threshold, _ in models:
-            fixed = getattr(detector, "canvas", None) is not None
-            look(detector, plan.cheap_looks(role, name, stage1, width, height, s, fixed),
+            size = getattr(detector, "input_size", None)
+            look(detector, plan.cheap_looks(role, name, stage1, width, height, s, size),
                  threshold)
         candidates = Detections.concat(unsure)
         candidates = candidates[candidates.scores >= s.zoom_min_score]
@@ -112,9 +112,9 @@ class Anonymizer:
         timings: dict[str, float] = {}
         cost = looks.Cost()
         t = time.perf_counter()
-        stage1 = (looks.run(self.stage1, image, [Crop((0, 0, width, height), 1.0, "stage1")],
-                            self.settings.stage1_threshold, cost)
-                  if self.stage1 else Detections.empty())
+        stage1 = (looks.run(self.stage1, image, [plan.stage1_look(
+            width, height, getattr(self.stage1, "input_size", None))],
+            self.settings.stage1_threshold, cost) if self.stage1 else Detections.empty())
         timings["stage1"] = time.perf_counter() - t
         found, near, seen = [], [], []
         for role in ROLES:

@@ -3,7 +3,9 @@
 Conventions, everywhere in beam_anon:
 * boxes are ``xyxy`` in **pixels** of some image (float32, x0 < x1, y0 < y1, x1/y1 exclusive);
 * ``scores`` are in [0, 1];
-* ``labels`` are short strings: ``face``, ``plate`` or a stage-1 class such as ``person``, ``car``.
+* ``labels`` are short strings: ``face``, ``plate`` or a stage-1 class such as ``person``, ``car``;
+* ``sources`` (optional) say which looks found each box: a frozenset of ``model:look`` strings
+  (e.g. ``centerface:zoom``); fusing boxes unions them.
 
 Every function here takes and returns ``Detections`` (or plain arrays for the region maths) and
 never mutates its input.
@@ -16,25 +18,49 @@ from typing import Iterable, Sequence
 import numpy as np
 
 
+NO_SOURCE: frozenset = frozenset()
+
+
+def _sources(values, n: int) -> np.ndarray:
+    out = np.empty(n, dtype=object)
+    out[:] = [NO_SOURCE] * n if values is None else [frozenset(v) for v in values]
+    return out
+
+
 @dataclass(frozen=True)
 class Detections:
     """N boxes with scores and labels. ``xyxy`` (N, 4) float32 pixels; ``scores`` (N,) float32;
-    ``labels`` (N,) str."""
+    ``labels`` (N,) str; ``sources`` (N,) frozensets of ``model:look`` strings (default empty)."""
 
     xyxy: np.ndarray
     scores: np.ndarray
     labels: np.ndarray
+    sources: np.ndarray | None = None
 
     def __post_init__(self):
         xyxy = np.asarray(self.xyxy, dtype=np.float32).reshape(-1, 4)
         scores = np.asarray(self.scores, dtype=np.float32).reshape(-1)
         labels = np.asarray(self.labels, dtype=object).reshape(-1)
-        if not len(xyxy) == len(scores) == len(labels):
-            raise ValueError(
-                f"Detections: {len(xyxy)} boxes, {len(scores)} scores, {len(labels)} labels")
+        sources = _sources(self.sources, len(xyxy))
+        if not len(xyxy) == len(scores) == len(labels) == len(sources):
+            raise ValueError(f"Detections: {len(xyxy)} boxes, {len(scores)} scores, "
+                             f"{len(labels)} labels, {len(sources)} sources")
         object.__setattr__(self, "xyxy", xyxy)
         object.__setattr__(self, "scores", scores)
         object.__setattr__(self, "labels", labels)
+        object.__setattr__(self, "sources", sources)
+
+    def moved(self, xyxy) -> "Detections":
+        """The same boxes (scores, labels, sources) at new coordinates ``xyxy``."""
+        return Detections(xyxy, self.scores, self.labels, self.sources)
+
+    def found_by(self, source: str) -> "Detections":
+        """Every box's sources replaced by ``{source}`` (``model:look``)."""
+        return Detections(self.xyxy, self.scores, self.labels, [{source}] * len(self))
+
+    def models(self, i: int) -> list[str]:
+        """Sorted model names that found box ``i``."""
+        return sorted({s.split(":", 1)[0] for s in self.sources[i]})
 
     @classmethod
     def empty(cls) -> "Detections":
@@ -53,7 +79,8 @@ class Detections:
             return cls.empty()
         return cls(np.concatenate([p.xyxy for p in parts]),
                    np.concatenate([p.scores for p in parts]),
-                   np.concatenate([p.labels for p in parts]))
+                   np.concatenate([p.labels for p in parts]),
+                   np.concatenate([p.sources for p in parts]))
 
     def __len__(self) -> int:
         return len(self.xyxy)
@@ -62,7 +89,8 @@ class Detections:
         """Select by boolean mask, index array or slice."""
         if isinstance(index, (int, np.integer)):
             index = [index]
-        return Detections(self.xyxy[index], self.scores[index], self.labels[index])
+        return Detections(self.xyxy[index], self.scores[index], self.labels[index],
+                          self.sources[index])
 
     def with_label(self, *labels: str) -> "Detections":
         return self[np.isin(self.labels.astype(str), list(labels))]
@@ -78,18 +106,25 @@ class Detections:
         return wh[:, 0] * wh[:, 1]
 
     def to_records(self) -> list[dict]:
-        """JSON-ready list of ``{label, score, x0, y0, x1, y1}`` (pixels, 2 decimals)."""
-        return [{"label": str(lab), "score": round(float(s), 4),
-                 "x0": round(float(b[0]), 2), "y0": round(float(b[1]), 2),
-                 "x1": round(float(b[2]), 2), "y1": round(float(b[3]), 2)}
-                for b, s, lab in zip(self.xyxy, self.scores, self.labels)]
+        """JSON-ready list of ``{label, score, x0, y0, x1, y1[, models]}`` (pixels, 2 decimals;
+        ``models``: the models that found the box, when known)."""
+        out = []
+        for i, (b, s, lab) in enumerate(zip(self.xyxy, self.scores, self.labels)):
+            rec = {"label": str(lab), "score": round(float(s), 4),
+                   "x0": round(float(b[0]), 2), "y0": round(float(b[1]), 2),
+                   "x1": round(float(b[2]), 2), "y1": round(float(b[3]), 2)}
+            if self.sources[i]:
+                rec["models"] = self.models(i)
+            out.append(rec)
+        return out
 
     @classmethod
     def from_records(cls, records: Sequence[dict]) -> "Detections":
         if not records:
             return cls.empty()
         return cls([[r["x0"], r["y0"], r["x1"], r["y1"]] for r in records],
-                   [r.get("score", 1.0) for r in records], [r["label"] for r in records])
+                   [r.get("score", 1.0) for r in records], [r["label"] for r in records],
+                   [r.get("models", ()) for r in records])
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -141,7 +176,8 @@ def fuse(dets: Detections, iou_threshold: float = 0.4) -> Detections:
     union = [np.concatenate([dets.xyxy[m, :2].min(0), dets.xyxy[m, 2:].max(0)])
              for _, m in clusters]
     best = np.array([b for b, _ in clusters], dtype=int)
-    return Detections(np.array(union), dets.scores[best], dets.labels[best])
+    sources = [frozenset().union(*dets.sources[m]) for _, m in clusters]
+    return Detections(np.array(union), dets.scores[best], dets.labels[best], sources)
 
 
 def clip(dets: Detections, width: int, height: int) -> Detections:
@@ -149,7 +185,7 @@ def clip(dets: Detections, width: int, height: int) -> Detections:
     xyxy = dets.xyxy.copy()
     xyxy[:, 0::2] = np.clip(xyxy[:, 0::2], 0, width)
     xyxy[:, 1::2] = np.clip(xyxy[:, 1::2], 0, height)
-    out = Detections(xyxy, dets.scores, dets.labels)
+    out = dets.moved(xyxy)
     return out[(out.wh > 0).all(axis=1)] if len(out) else out
 
 
@@ -159,7 +195,7 @@ def expand(dets: Detections, fraction: float, min_pixels: float = 0.0) -> Detect
     wh = dets.wh
     pad = np.maximum(wh * fraction, min_pixels)
     pad = np.concatenate([-pad, pad], axis=1)
-    return Detections(dets.xyxy + pad, dets.scores, dets.labels)
+    return dets.moved(dets.xyxy + pad)
 
 
 def map_to_image(dets: Detections, offset_xy: Sequence[float], scale) -> Detections:
@@ -169,7 +205,7 @@ def map_to_image(dets: Detections, offset_xy: Sequence[float], scale) -> Detecti
     ox, oy = float(offset_xy[0]), float(offset_xy[1])
     sx, sy = np.broadcast_to(np.asarray(scale, np.float32), (2,))
     xyxy = dets.xyxy / np.array([sx, sy, sx, sy], np.float32) + np.array([ox, oy, ox, oy], np.float32)
-    return Detections(xyxy, dets.scores, dets.labels)
+    return dets.moved(xyxy)
 
 
 def unrotate(dets: Detections, quarter_turns: int, width: int, height: int) -> Detections:
@@ -185,7 +221,7 @@ def unrotate(dets: Detections, quarter_turns: int, width: int, height: int) -> D
         xyxy = np.stack([width - x1, height - y1, width - x0, height - y0], axis=1)
     else:         # (x', y') came from (y', height - x')
         xyxy = np.stack([y0, height - x1, y1, height - x0], axis=1)
-    return Detections(xyxy, dets.scores, dets.labels)
+    return dets.moved(xyxy)
 
 
 def _should_merge(a: np.ndarray, b: np.ndarray, width: int, height: int,
@@ -250,4 +286,39 @@ def merge_overlapping(xyxy: np.ndarray) -> np.ndarray:
             frontier = np.flatnonzero(reach)
     return np.array([np.concatenate([boxes[group == g, :2].min(0), boxes[group == g, 2:].max(0)])
                      for g in np.unique(group)], np.float32)
+
+
+def merge_objects(dets: Detections, inside: float = 0.5) -> Detections:
+    """One box per object: same-label boxes where more than ``inside`` of the smaller lies
+    inside the other (nested boxes, or chains of them) become their union, with the highest
+    score and every source; repeated until no such pair is left. Order: by label, then score."""
+    out = []
+    for label in dict.fromkeys(dets.labels.astype(str)):
+        part = dets[dets.labels.astype(str) == label]
+        boxes, scores = part.xyxy.copy(), part.scores.copy()
+        sources = list(part.sources)
+        changed = True
+        while changed and len(boxes) > 1:
+            changed = False
+            lt = np.maximum(boxes[:, None, :2], boxes[None, :, :2])
+            rb = np.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
+            inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
+            area = np.prod(np.clip(boxes[:, 2:] - boxes[:, :2], 0, None), axis=1)
+            smaller = np.minimum(area[:, None], area[None, :])
+            nested = inter > inside * np.maximum(smaller, 1e-9)
+            np.fill_diagonal(nested, False)
+            if nested.any():
+                i, j = np.argwhere(nested)[0]
+                boxes[i] = np.concatenate([np.minimum(boxes[i, :2], boxes[j, :2]),
+                                           np.maximum(boxes[i, 2:], boxes[j, 2:])])
+                scores[i] = max(scores[i], scores[j])
+                sources[i] = sources[i] | sources[j]
+                keep = np.arange(len(boxes)) != j
+                boxes, scores = boxes[keep], scores[keep]
+                sources = [s for k, s in enumerate(sources) if k != j]
+                changed = True
+        order = np.argsort(-scores, kind="stable")
+        out.append(Detections(boxes[order], scores[order], np.full(len(boxes), label, object),
+                              [sources[k] for k in order]))
+    return Detections.concat(out)
 

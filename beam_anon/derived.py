@@ -3,8 +3,9 @@
 A registry entry's ``derived`` maps a variant (``fixed``, ``int8``; see ``beam_anon.runtime``) to
 its recipe: ``file`` (under the model's folder), ``from`` (``original`` or another variant),
 ``fixes`` (``beam_anon.graphs.apply_fixes`` strings) and, for ``int8``, ``float_from_op`` (the
-op type from which the head decodes boxes and stays float) and ``float_first_nodes`` (how many
-nodes at the input stay float: the first convolutions see the fine detail of small faces). ``sha256`` is the reference digest
+op type from which the head decodes boxes and stays float), ``float_first_nodes`` (how many
+nodes at the input stay float: the first convolutions see the fine detail of small faces) and
+``float_output_nodes`` (the nodes producing the graph's outputs stay float). ``sha256`` is the reference digest
 of the result, made on the development machine. Every produced file gets a provenance record
 ``<file>.json``: its source's sha256, the recipe, the calibration images' sha256, the library
 versions, its own sha256 and whether it equals the reference. Loading verifies a file against
@@ -139,6 +140,9 @@ def produce(entry: dict, root: str, samples: Sequence[str], variant: str) -> dic
             op = recipe.get("float_from_op")
             float_nodes = list(graphs.downstream_of(model, op) if op else [])
             float_nodes += [n.name for n in model.graph.node[:recipe.get("float_first_nodes", 0)]]
+            if recipe.get("float_output_nodes"):  # raw logits and box bins stay exact
+                outs = {o.name for o in model.graph.output}
+                float_nodes += [n.name for n in model.graph.node if set(n.output) & outs]
             graphs.quantize_int8(model, tmp, feeds, float_nodes)
             calibration = {os.path.basename(p): _sha256(p) for p in sorted(samples)}
         else:

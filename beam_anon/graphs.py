@@ -8,6 +8,8 @@ Each fix takes a ``ModelProto`` and returns a new one with the same outputs for 
   fusions; removing them from the input list is the fix.
 * :func:`dynamic_input`: symbolic dims instead of an exporter's fixed example shape.
 * :func:`keep_outputs`: the graph cut to the outputs a detector reads (unused heads cost time).
+* :func:`cut_at`: intermediate tensors made the outputs: a YOLO head decoded outside the graph,
+  whose decoding constants fixed the input at 640x640.
 * :func:`fp16_to_fp32`: float16 weights and casts as float32 (quantization needs fp32).
 * :func:`opset`: a newer opset (per-channel quantization needs 13).
 
@@ -101,6 +103,27 @@ def keep_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProt
     return model
 
 
+def cut_at(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:
+    """The graph cut so that the intermediate ``tensors`` become its outputs (in this order)
+    and everything after them is gone: e.g. a detector's raw head, decoded outside the graph
+    (its decoding baked the input size in). Output shapes are left to inference."""
+    model = copy(model)
+    produced = {o: n for n in model.graph.node for o in n.output}
+    missing = [t for t in tensors if t not in produced]
+    if missing:
+        raise ValueError(f"no node produces {missing}")
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {vi.name: vi.type.tensor_type for vi in
+             list(inferred.graph.value_info) + list(inferred.graph.output)}
+    del model.graph.output[:]
+    for t in tensors:
+        rank = len(types[t].shape.dim) if t in types else 4
+        model.graph.output.append(onnx.helper.make_tensor_value_info(
+            t, types[t].elem_type if t in types else TensorProto.FLOAT,
+            [f"{t}_d{k}" for k in range(rank)]))
+    return keep_outputs(model, list(tensors))
+
+
 def fp16_to_fp32(model: onnx.ModelProto) -> onnx.ModelProto:
     """float16 initializers, constants, casts, inputs and outputs become float32; casts that then
     convert float32 to float32 are removed (their output renamed to their input)."""
@@ -182,8 +205,8 @@ def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def apply_fixes(model: onnx.ModelProto, fixes: Iterable[str]) -> onnx.ModelProto:
     """Apply registry fix strings in order: ``initializers_not_inputs``, ``fp16_to_fp32``,
-    ``dynamic_input:NAME=d0,d1,...`` (ints or symbols), ``keep_outputs:A,B``, ``opset:N``,
-    ``name_nodes``."""
+    ``dynamic_input:NAME=d0,d1,...`` (ints or symbols), ``keep_outputs:A,B``, ``cut_at:A,B``,
+    ``opset:N``, ``name_nodes``."""
     for fix in fixes:
         name, _, arg = fix.partition(":")
         if name == "name_nodes":
@@ -198,6 +221,8 @@ def apply_fixes(model: onnx.ModelProto, fixes: Iterable[str]) -> onnx.ModelProto
                                                   for d in dims.split(",")])
         elif name == "keep_outputs":
             model = keep_outputs(model, arg.split(","))
+        elif name == "cut_at":
+            model = cut_at(model, arg.split(","))
         elif name == "opset":
             model = opset(model, int(arg))
         else:

@@ -108,9 +108,10 @@ def pack(cells: Sequence[Cell], size: tuple[int, int]) -> list[Canvas]:
     return canvases
 
 
-def unpack(dets: Detections, canvas: Canvas) -> Detections:
+def unpack(dets: Detections, canvas: Canvas, model: str = "") -> Detections:
     """Boxes found on ``canvas`` -> image pixels: each box goes to the cell holding its centre,
-    clipped to it; boxes in the gaps are dropped."""
+    clipped to it; boxes in the gaps are dropped. With ``model``, each box's source becomes
+    ``model:<its crop's source>``."""
     out = []
     centres = (dets.xyxy[:, :2] + dets.xyxy[:, 2:]) / 2
     for cell in canvas.cells:
@@ -123,7 +124,9 @@ def unpack(dets: Detections, canvas: Canvas) -> Detections:
         xyxy = dets.xyxy[inside] - np.array([x, y, x, y], np.float32)
         xyxy[:, 0::2] = xyxy[:, 0::2].clip(0, w)
         xyxy[:, 1::2] = xyxy[:, 1::2].clip(0, h)
-        local = Detections(xyxy, dets.scores[inside], dets.labels[inside])
+        local = dets[inside].moved(xyxy)
+        if model:
+            local = local.found_by(f"{model}:{cell.crop.source}")
         out.append(crop_to_image(local, cell.crop, cell.pixels, cell.factors))
     return Detections.concat(out)
 
@@ -147,26 +150,31 @@ class Cost:
 def run(detector, image: np.ndarray, crops: Sequence[Crop], min_score: float,
         cost: Cost | None = None) -> Detections:
     """``detector`` on every crop of ``image`` -> boxes in image pixels (scores >= min_score).
-    Crops are packed into canvases: the detector's fixed input size (``detector.canvas``,
-    e.g. YOLO's 640x640), else :data:`CANVAS` trimmed to the cells placed on it."""
+    Crops are packed into canvases of ``detector.canvas`` (e.g. YOLO's 640x640) or
+    :data:`CANVAS`; a canvas is trimmed to the cells placed on it (to multiples of
+    ``detector.trim`` when set) unless the model's input is static, and a lone cell runs alone."""
     if not crops:
         return Detections.empty()
     cells = [Cell(c, *cut_crop(image, c)) for c in dict.fromkeys(crops)]
     fixed = getattr(detector, "canvas", None)
     canvases = pack(cells, fixed or CANVAS)
-    if not fixed:  # any-size model: a lone cell runs as itself, a shared canvas is trimmed
-        for i, c in enumerate(canvases):
-            if len(c.cells) == 1:
-                c.cells[0].at = (0, 0)
-                canvases[i] = Canvas(c.cells[0].pixels, c.cells)
-            else:
-                bottom = max(cell.at[1] + cell.pixels.shape[0] for cell in c.cells) + GAP
-                right = max(cell.at[0] + cell.pixels.shape[1] for cell in c.cells) + GAP
-                c.pixels = c.pixels[:bottom, :right]
+    trim = getattr(detector, "trim", 0)
+    for i, c in enumerate(canvases):
+        if fixed and not trim:
+            continue                # a static input: the canvas is what the model takes
+        if len(c.cells) == 1:       # a lone cell runs as itself
+            c.cells[0].at = (0, 0)
+            canvases[i] = Canvas(c.cells[0].pixels, c.cells)
+        else:                       # a shared canvas is trimmed to what is used
+            bottom = max(cell.at[1] + cell.pixels.shape[0] for cell in c.cells) + GAP
+            right = max(cell.at[0] + cell.pixels.shape[1] for cell in c.cells) + GAP
+            if trim:
+                bottom, right = -(-bottom // trim) * trim, -(-right // trim) * trim
+            c.pixels = c.pixels[:bottom, :right]
     t = time.perf_counter()
     found = detector.detect_batch([c.pixels for c in canvases], min_score)
     if cost is not None:
         share = (time.perf_counter() - t) / len(canvases)
         for c in canvases:
             cost.add(detector.name, detector.input_pixels(c.pixels), share)
-    return Detections.concat(unpack(d, c) for d, c in zip(found, canvases))
+    return Detections.concat(unpack(d, c, detector.name) for d, c in zip(found, canvases))

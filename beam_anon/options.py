@@ -40,6 +40,10 @@ SETTINGS_HELP = {
     "face_rotations": "extra full-frame face looks on the image turned by these angles "
                       "(degrees, multiples of 90; 180 finds upside-down faces; empty: none)",
     "face_rotation_models": "face models that make the turned looks",
+    "face_rotation_scale": "resize factor of the turned looks (upside-down and lying faces are "
+                           "mostly large)",
+    "region_models": "models that make the overview, vehicle and person looks (the others "
+                     "look at the full frame only)",
     "overview_size": "plates: the whole image shrunk to this long side (pixels) is looked at "
                      "too, for close-up plates too large for the 1x look (0: off)",
     "region_padding_fraction": "padding added to each stage-1 box, fraction of its size per side",

@@ -3,9 +3,9 @@
 For each image (all boxes xyxy pixels, sizes in pixels, scores 0-1), per role (face, plate):
 
 1. **Cheap looks**, every model of the role:
-   * the full frame at ``<role>_full_frame_scales`` (default 1x), in tiles of at most
-     ``full_frame_tile`` pixels as the detector sees them; faces also on the image turned by
-     ``face_rotations`` (models in ``face_rotation_models``);
+   * the full frame at ``<role>_full_frame_scales`` (default 1x) (:func:`full_frame_looks`);
+     faces also on the image turned by ``face_rotations`` at ``face_rotation_scale`` (models in
+     ``face_rotation_models``). The models in ``region_models`` also make these looks:
    * plates: the **overview**, the whole image shrunk to ``overview_size`` pixels (long side),
      where a close-up plate too large for the 1x look is plate-sized;
    * plates: every stage-1 **vehicle**, padded, resized so its long side is each of
@@ -42,18 +42,38 @@ FACE_PER_PERSON_WIDTH = 0.35    # ... and of its width (shoulders are about thre
 
 
 def full_frame_looks(width: int, height: int, settings: Settings, role: str,
-                     model: str, fixed_input: bool) -> list[Crop]:
+                     model: str, input_size: int | None = None) -> list[Crop]:
     """The whole image at the role's full-frame scales (capped per model), plus the turned
-    passes for face models in ``face_rotation_models``; in tiles of ``full_frame_tile`` pixels
-    for a ``fixed_input`` model (it letterboxes each), else of ``full_frame_max_side``."""
+    passes for face models in ``face_rotation_models``. Any-size models see it whole up to
+    ``full_frame_max_side`` pixels (tiles above); a model trained at ``input_size`` (YOLO: 640)
+    sees tiles of at most ``full_frame_tile`` image pixels (times the scale) resized so their
+    long side is ``input_size``."""
     whole = (0, 0, width, height)
-    side = settings.full_frame_tile if fixed_input else settings.full_frame_max_side
-    crops = [c for s in settings.full_frame_scales(role, model)
-             for c in scaled_tiles(whole, s, side, "full_frame")]
+    crops = []
+    for s in settings.full_frame_scales(role, model):
+        if input_size:
+            crops += sized_tiles(whole, settings.full_frame_tile / s, input_size, "full_frame")
+        else:
+            crops += scaled_tiles(whole, s, settings.full_frame_max_side, "full_frame")
     if settings.full_frame and role == "face" and model in settings.face_rotation_models:
         for degrees in settings.face_rotations:
-            crops += scaled_tiles(whole, 1.0, side, "turned", int(degrees) // 90)
+            crops += scaled_tiles(whole, settings.face_rotation_scale,
+                                  settings.full_frame_max_side, "turned", int(degrees) // 90)
     return crops
+
+
+def sized_tiles(xyxy, tile_side: float, input_size: int, source: str) -> list[Crop]:
+    """Tiles of at most ``tile_side`` pixels of ``xyxy``, each resized so its long side is
+    ``input_size`` (what a YOLO model sees at its trained size)."""
+    tiles = scaled_tiles(xyxy, 1.0, max(32, int(tile_side)), source)
+    return [Crop(t.xyxy, input_size / max(t.xyxy[2] - t.xyxy[0], t.xyxy[3] - t.xyxy[1]), source)
+            for t in tiles]
+
+
+def stage1_look(width: int, height: int, input_size: int | None) -> Crop:
+    """Stage 1 sees the whole image, resized to its model's trained size when it has one."""
+    scale = input_size / max(width, height) if input_size else 1.0
+    return Crop((0, 0, width, height), scale, "stage1")
 
 
 def overview_look(width: int, height: int, settings: Settings) -> list[Crop]:
@@ -68,9 +88,17 @@ def _stage1(stage1: Detections, classes, settings: Settings) -> Detections:
     return wanted[wanted.scores >= settings.stage1_threshold]
 
 
-def vehicle_looks(stage1: Detections, width: int, height: int, settings: Settings) -> list[Crop]:
+#: a vehicle crop within this factor of the full-frame look's scale sees nothing new
+SAME_SCALE = 1.5
+
+
+def vehicle_looks(stage1: Detections, width: int, height: int, settings: Settings,
+                  seen_at: float = 0.0) -> list[Crop]:
     """Crops of each stage-1 vehicle (boxes overlapping by IoU > ``merge_iou`` merged), padded by
-    ``region_padding_fraction``, resized so its long side is each of ``vehicle_crop_sizes``."""
+    ``region_padding_fraction``, resized so its long side is each of ``vehicle_crop_sizes``;
+    except crops within :data:`SAME_SCALE` of ``seen_at``, the scale at which the model's
+    full-frame look already sees the vehicle (a closer look finds small plates, a farther one
+    plates too large for the model, the same scale nothing new)."""
     vehicles = _stage1(stage1, VEHICLES, settings)
     if not len(vehicles) or not settings.vehicle_crop_sizes:
         return []
@@ -84,7 +112,9 @@ def vehicle_looks(stage1: Detections, width: int, height: int, settings: Setting
             continue
         long_side = max(rect[2] - rect[0], rect[3] - rect[1])
         for size in settings.vehicle_crop_sizes:
-            crops.append(Crop(rect, min(settings.crop_max_upscale, size / long_side), "vehicle"))
+            scale = min(settings.crop_max_upscale, size / long_side)
+            if not seen_at or not 1 / SAME_SCALE < scale / seen_at < SAME_SCALE:
+                crops.append(Crop(rect, scale, "vehicle"))
     return crops
 
 
@@ -181,13 +211,16 @@ def head_fallback(stage1: Detections, faces: Detections, settings: Settings) -> 
 
 
 def cheap_looks(role: str, model: str, stage1: Detections, width: int, height: int,
-                settings: Settings, fixed_input: bool = False) -> list[Crop]:
-    """Step 1 for one model of ``role``: full frame (+ turned), overview and vehicles for
-    plates, persons' heads for faces."""
-    crops = full_frame_looks(width, height, settings, role, model, fixed_input)
+                settings: Settings, input_size: int | None = None) -> list[Crop]:
+    """Step 1 for one model of ``role``: full frame (+ turned), and for ``region_models``
+    the overview and vehicles for plates, persons' heads for faces."""
+    crops = full_frame_looks(width, height, settings, role, model, input_size)
+    if model not in settings.region_models:
+        return crops
     if role == "plate":
+        seen = max((c.scale for c in crops if c.source == "full_frame"), default=0.0)
         crops += overview_look(width, height, settings)
-        crops += vehicle_looks(stage1, width, height, settings)
+        crops += vehicle_looks(stage1, width, height, settings, seen_at=seen)
     else:
         crops += person_looks(stage1, width, height, settings)
     return crops
@@ -209,7 +242,8 @@ PRESETS: dict[str, dict] = {
              "overview_size": 0, "zoom_models": ("centerface",), "verify": False},
     "balanced": {},
     # every look the models allow: both face models at 1x and 2x, all turns, head fallback
-    "thorough": {"face_models": ("centerface", "yunet"),
+    "thorough": {"face_models": ("centerface", "yunet"), "face_rotation_scale": 1.0,
+                 "region_models": ("centerface", "yunet", "platedet-yolov8s", "clpdet"),
                  "zoom_models": ("centerface", "yunet", "platedet-yolov8s", "clpdet"),
                  "zoom_thresholds": ("centerface=0.2", "yunet=0.5", "platedet-yolov8s=0.1"),
                  "face_full_frame_scales": (1.0, 2.0), "face_rotations": (90, 180, 270),

@@ -34,14 +34,16 @@ class Settings:
     model_max_scales: tuple[str, ...] = ("yunet=1",)   # per-model cap, "name=scale"
     face_rotations: tuple[int, ...] = (180,)  # degrees, multiples of 90 (upside-down faces)
     face_rotation_models: tuple[str, ...] = ("centerface",)
+    face_rotation_scale: float = 0.5       # turned looks at this scale (upside-down faces are big)
     overview_size: int = 300               # plates: whole image shrunk to this long side; 0 off
     region_padding_fraction: float = 0.1   # of a stage-1 box's own size, each side
     vehicle_crop_sizes: tuple[int, ...] = (160, 300)  # vehicle long side as plate models see it
     person_face_size: int = 32             # persons' head areas upscaled to this face size; 0 off
+    region_models: tuple[str, ...] = ("centerface", "platedet-yolov8s", "clpdet")  # look there
     crop_max_upscale: float = 6.0
     # zoom where unsure, and the crowd fallback
     zoom: bool = True
-    zoom_models: tuple[str, ...] = ("centerface", "platedet-yolov8s")
+    zoom_models: tuple[str, ...] = ("centerface",)
     zoom_min_score: float = 0.05           # candidates from here up to the threshold
     zoom_max_size: int = 24                # pixels (long side): larger candidates are not zoomed
     zoom_context: float = 1.0              # neighbourhood: candidate grown by this, per side

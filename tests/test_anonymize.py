@@ -51,7 +51,8 @@ def make(settings, sure_size=0):
     dets["s1"].detect = lambda im, s: Detections(np.array([PERSON, CAR], np.float32), [0.9, 0.9],
                                                  np.array(["person", "car"], object))
     return Anonymizer(settings.replace(stage1_model="s1", face_models=("f",), plate_models=("p",),
-                                       zoom_models=("f",), face_rotations=()),
+                                       zoom_models=("f",), region_models=("f", "p"),
+                                       face_rotations=()),
                       dets), dets
 
 

@@ -40,14 +40,20 @@ def test_int_box_covers_and_clips():
 def test_full_frame_looks_scales_tiles_and_turns():
     s = Settings(face_full_frame_scales=(1.0, 2.0), face_rotations=(180,),
                  face_rotation_models=("cf",), full_frame_max_side=2048, full_frame_tile=640)
-    crops = plan.full_frame_looks(1280, 720, s, "face", "cf", fixed_input=False)
-    assert {(c.scale, c.turns) for c in crops} == {(1.0, 0), (2.0, 0), (1.0, 2)}
+    crops = plan.full_frame_looks(1280, 720, s, "face", "cf")
+    assert {(c.scale, c.turns) for c in crops} == {(1.0, 0), (2.0, 0), (0.5, 2)}
     assert [c.xyxy for c in crops if c.scale == 1.0 and c.turns == 0] == [(0, 0, 1280, 720)]
-    fixed = plan.full_frame_looks(1280, 720, s, "face", "other", fixed_input=True)
-    assert all(max(c.size) <= 640 for c in fixed) and not any(c.turns for c in fixed)
-    assert plan.full_frame_looks(1280, 720, s.replace(full_frame=False), "face", "cf", False) == []
+    sized = plan.full_frame_looks(1280, 720, s, "face", "other", input_size=640)
+    assert all(max(c.size) == 640 for c in sized) and not any(c.turns for c in sized)
+    # tiles of at most 640 / scale image pixels, each seen at the model's 640
+    assert {max(c.xyxy[2] - c.xyxy[0], c.xyxy[3] - c.xyxy[1]) for c in sized if c.scale > 1.5}\
+        <= set(range(321))
+    assert plan.full_frame_looks(1280, 720, s.replace(full_frame=False), "face", "cf") == []
     capped = s.replace(model_max_scales=("cf=1",))
-    assert {c.scale for c in plan.full_frame_looks(1280, 720, capped, "face", "cf", False)} == {1.0}
+    assert {c.scale for c in plan.full_frame_looks(1280, 720, capped, "face", "cf")
+            if c.source == "full_frame"} == {1.0}
+    assert plan.stage1_look(1280, 720, 640).size == (640, 360)
+    assert plan.stage1_look(1280, 720, None).scale == 1.0
 
 
 def test_vehicle_looks_are_scaled_by_each_vehicles_size():

@@ -40,6 +40,11 @@ class Detector(abc.ABC):
     #: (w, h) of a fixed model input that crops are packed into (``beam_anon.looks``); None
     #: for models that take any size
     canvas: tuple[int, int] | None = None
+    #: trim shared canvases to multiples of this (models of dynamic input size that pad to it)
+    trim: int = 0
+    #: long side the model was trained at, for models that want inputs of that size (YOLO);
+    #: None for models that take any size as it is
+    input_size: int | None = None
 
     def input_pixels(self, image: np.ndarray) -> int:
         """Pixels the model computes on for ``image`` (after its own resizing or padding)."""

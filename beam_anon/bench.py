@@ -219,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", help="glob of images (replaces the two sets)")
     parser.add_argument("--sets", default="dashcam,mixed")
     parser.add_argument("--presets", default=",".join(PRESETS))
-    parser.add_argument("--limit", type=int, default=30, help="devset images in the mixed set")
+    parser.add_argument("--limit", type=int, default=0,
+                        help="devset images in the mixed set besides the dashcam frames (0: all)")
     parser.add_argument("--copies", type=int, default=3, help="copies of the dashcam set")
     parser.add_argument("--repeat", type=int, default=3, help="runs per configuration")
     parser.add_argument("--no-peer", dest="peer", action="store_false")

@@ -44,15 +44,17 @@ FACE_PER_PERSON_WIDTH = 0.35    # ... and of its width (shoulders are about thre
 def full_frame_looks(width: int, height: int, settings: Settings, role: str,
                      model: str, input_size: int | None = None) -> list[Crop]:
     """The whole image at the role's full-frame scales (capped per model), plus the turned
-    passes for face models in ``face_rotation_models``. Any-size models see it whole up to
-    ``full_frame_max_side`` pixels (tiles above); a model trained at ``input_size`` (YOLO: 640)
-    sees tiles of at most ``full_frame_tile`` image pixels (times the scale) resized so their
-    long side is ``input_size``."""
+    passes for face models in ``face_rotation_models``. Any-size models see it resized by the
+    scale, whole up to ``full_frame_max_side`` pixels (tiles above). A model trained at
+    ``input_size`` (YOLO: 640) sees tiles of at most ``full_frame_tile`` image pixels, at scale
+    s each resized so its long side is ``s * input_size`` (s > 1: smaller tiles, each at
+    ``input_size``)."""
     whole = (0, 0, width, height)
     crops = []
     for s in settings.full_frame_scales(role, model):
         if input_size:
-            crops += sized_tiles(whole, settings.full_frame_tile / s, input_size, "full_frame")
+            side = settings.full_frame_tile / max(s, 1.0)
+            crops += sized_tiles(whole, side, round(input_size * min(s, 1.0)), "full_frame")
         else:
             crops += scaled_tiles(whole, s, settings.full_frame_max_side, "full_frame")
     if settings.full_frame and role == "face" and model in settings.face_rotation_models:
@@ -62,11 +64,11 @@ def full_frame_looks(width: int, height: int, settings: Settings, role: str,
     return crops
 
 
-def sized_tiles(xyxy, tile_side: float, input_size: int, source: str) -> list[Crop]:
+def sized_tiles(xyxy, tile_side: float, size: int, source: str) -> list[Crop]:
     """Tiles of at most ``tile_side`` pixels of ``xyxy``, each resized so its long side is
-    ``input_size`` (what a YOLO model sees at its trained size)."""
+    ``size`` (what a YOLO model sees at its trained size)."""
     tiles = scaled_tiles(xyxy, 1.0, max(32, int(tile_side)), source)
-    return [Crop(t.xyxy, input_size / max(t.xyxy[2] - t.xyxy[0], t.xyxy[3] - t.xyxy[1]), source)
+    return [Crop(t.xyxy, size / max(t.xyxy[2] - t.xyxy[0], t.xyxy[3] - t.xyxy[1]), source)
             for t in tiles]
 
 
@@ -238,11 +240,12 @@ def with_margins(found: Detections, settings: Settings) -> Detections:
 PRESETS: dict[str, dict] = {
     # one face pass and one plate pass over the whole image, plus zooms where unsure
     "fast": {"stage1_model": None, "face_rotations": (), "person_face_size": 0,
-             "crowd_min_faces": 0, "plate_models": ("platedet-yolov8s",), "plate_threshold": 0.3,
-             "overview_size": 0, "zoom_models": ("centerface",), "verify": False},
+             "crowd_min_faces": 0, "plate_models": ("platedet-yolov8s",), "plate_threshold": 0.2,
+             "plate_full_frame_scales": (0.75,), "overview_size": 0, "verify": False},
     "balanced": {},
     # every look the models allow: both face models at 1x and 2x, all turns, head fallback
     "thorough": {"face_models": ("centerface", "yunet"), "face_rotation_scale": 1.0,
+                 "zoom_min_score": 0.05,
                  "region_models": ("centerface", "yunet", "platedet-yolov8s", "clpdet"),
                  "zoom_models": ("centerface", "yunet", "platedet-yolov8s", "clpdet"),
                  "zoom_thresholds": ("centerface=0.2", "yunet=0.5", "platedet-yolov8s=0.1"),

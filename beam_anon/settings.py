@@ -44,7 +44,7 @@ class Settings:
     # zoom where unsure, and the crowd fallback
     zoom: bool = True
     zoom_models: tuple[str, ...] = ("centerface",)
-    zoom_min_score: float = 0.05           # candidates from here up to the threshold
+    zoom_min_score: float = 0.1            # candidates from here up to the threshold
     zoom_max_size: int = 24                # pixels (long side): larger candidates are not zoomed
     zoom_context: float = 1.0              # neighbourhood: candidate grown by this, per side
     zoom_scale: float = 2.0

@@ -36,7 +36,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import WriteToTFRecord
 from apache_beam.metrics import Metrics
 
-from beam_anon import image_io
+from beam_anon import image_io, progress
 from beam_anon.manifest import STATUS_OK, ManifestRecord
 from beam_anon.tfrecord_reader import (COMPRESSIONS, ReadTFRecordShards,
                                        resolve_output_compression)
@@ -315,8 +315,9 @@ class TFRecordOptions(beam.options.pipeline_options.PipelineOptions):
                               bool(self.tfrecord_add_boxes), bool(self.tfrecord_keep_other_images))
 
 
-def build(pipeline, opts, anonymizer_factory=None):
-    """read shards -> anonymize Examples -> write shards + manifest, for the CLI's options."""
+def build(pipeline, opts, anonymizer_factory=None, ticker=None):
+    """read shards -> anonymize Examples -> write shards + manifest, for the CLI's options;
+    ``ticker`` (``beam_anon.progress``) counts Examples done."""
     t = opts.view_as(TFRecordOptions)
     if not t.config().image_keys:
         raise SystemExit("--image_keys names no feature")
@@ -329,5 +330,6 @@ def build(pipeline, opts, anonymizer_factory=None):
             | "AnonymizeExamples" >> AnonymizeExamples(opts.settings(), t.config(),
                                                        opts.models_dir, opts.debug_dir,
                                                        anonymizer_factory)
+            | "Progress" >> beam.Map(progress.passing, ticker)
             | "WriteTFRecords" >> WriteTFRecords(opts.output, t.num_shards, out_compression,
                                                  t.dead_letter))

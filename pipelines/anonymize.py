@@ -16,15 +16,18 @@ Arguments not listed here go to Beam:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import sys
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions, StandardOptions,
+                                                  WorkerOptions)
 
-from beam_anon import tfrecords, video_transforms
+from beam_anon import progress, tfrecords, video_transforms
 from beam_anon.options import add_settings_arguments, parse_bool, settings_from
 from beam_anon.settings import Settings
 from beam_anon.transforms import (NAMESPACE, AnonymizeImages, ReadImages, WriteAnonymized,
@@ -56,6 +59,14 @@ class AnonymizeOptions(PipelineOptions):
                             metavar="BOOL", help="when the run is done, write OUTPUT/report.html "
                             "(python -m beam_anon.report: counts, plots, review queue, thumbnails "
                             "of anonymized outputs only) (default: %(default)s)")
+        parser.add_argument("--quiet", type=parse_bool, nargs="?", const=True, default=False,
+                            metavar="BOOL", help="no progress lines on stderr (local runs print "
+                            "images done of total, images/s and ETA every few seconds)")
+        parser.add_argument("--log_level", default="WARNING",
+                            choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                            help="log level of this process and its workers; at WARNING the "
+                            "SDK workers' start-up notes nobody can act on are hidden, INFO "
+                            "shows them (default: %(default)s)")
         add_settings_arguments(parser)
 
     def settings(self) -> Settings:
@@ -88,12 +99,14 @@ def _check(opts: AnonymizeOptions) -> None:
         raise SystemExit(f"no file matches --input {opts.input}")
 
 
-def build(pipeline: beam.Pipeline, opts: AnonymizeOptions, anonymizer_factory=None):
+def build(pipeline: beam.Pipeline, opts: AnonymizeOptions, anonymizer_factory=None,
+          ticker=None):
     """Add read -> anonymize -> write to ``pipeline``; returns the final records.
-    ``anonymizer_factory``: see ``AnonymizeImages`` (default: the real models)."""
+    ``anonymizer_factory``: see ``AnonymizeImages`` (default: the real models); ``ticker``
+    (``beam_anon.progress``): counts inputs done."""
     input_format = opts.view_as(tfrecords.TFRecordOptions).input_format
     if input_format == "tfrecord":
-        return tfrecords.build(pipeline, opts, anonymizer_factory)
+        return tfrecords.build(pipeline, opts, anonymizer_factory, ticker)
     if input_format == "video" or (input_format == "images" and is_video_path(opts.input)):
         return video_transforms.build(pipeline, opts, anonymizer_factory)
     return (pipeline
@@ -101,6 +114,7 @@ def build(pipeline: beam.Pipeline, opts: AnonymizeOptions, anonymizer_factory=No
             | "AnonymizeImages" >> AnonymizeImages(
                 opts.settings(), opts.models_dir, opts.debug_dir, anonymizer_factory,
                 skip_existing_in=opts.output if opts.skip_existing else None)
+            | "Progress" >> beam.Map(progress.passing, ticker)
             | "WriteAnonymized" >> WriteAnonymized(opts.output))
 
 
@@ -120,6 +134,51 @@ def summary(result, opts: AnonymizeOptions) -> str:
     return (f"beam_anon: {images} images, {images - failed} ok{skipped}, {failed} failed, "
             f"{counts.get('faces', 0)} faces and {counts.get('plates', 0)} plates blurred -> "
             f"{opts.output} (manifest: {manifest_path(opts.output)})")
+
+
+#: what Beam's local SDK workers say at every start that a user can do nothing about; the
+#: runner relays worker logs through its job-service logger
+WORKER_NOISE = ("No semi_persistent_directory found", "No session file found",
+                "Discarding unparseable args", "Discarding invalid overrides")
+RELAY_LOGGER = "apache_beam.runners.portability.local_job_service"
+LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner",
+                 "SwitchingDirectRunner", "PrismRunner")
+
+
+class _DropWorkerNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(noise in message for noise in WORKER_NOISE)
+
+
+def _quiet_logs(options: PipelineOptions, level: str) -> None:
+    """This process (and the workers it relays) logs at ``level``; at WARNING and above the
+    workers' start-up notes (:data:`WORKER_NOISE`) are dropped."""
+    logging.basicConfig(level=level, format="%(levelname)s:%(name)s:%(message)s")
+    logging.getLogger().setLevel(level)
+    relay = logging.getLogger(RELAY_LOGGER)
+    relay.filters = [f for f in relay.filters if not isinstance(f, _DropWorkerNoise)]
+    if logging.getLevelName(level) >= logging.WARNING:
+        relay.addFilter(_DropWorkerNoise())
+    worker = options.view_as(WorkerOptions)
+    if not worker.default_sdk_harness_log_level:
+        worker.default_sdk_harness_log_level = level
+
+
+def _progress(options: PipelineOptions, opts) -> progress.Progress | None:
+    """A progress printer for local runs (not ``--quiet``); the total is the number of input
+    files for images and videos, unknown (no ETA) for TFRecord Examples."""
+    runner = str(options.view_as(StandardOptions).runner or "")
+    if opts.quiet or not any(runner.endswith(r) for r in LOCAL_RUNNERS):
+        return None
+    tfrecord = opts.view_as(tfrecords.TFRecordOptions).input_format == "tfrecord"
+    if tfrecord or is_video_path(opts.input):
+        return None if not tfrecord else progress.Progress(None, "records")
+    try:
+        total = len(FileSystems.match([opts.input])[0].metadata_list)
+    except Exception:  # an unreadable glob fails the run later, with Beam's own message
+        total = None
+    return progress.Progress(total, "images")
 
 
 def main(argv: list[str] | None = None, anonymizer_factory=None):
@@ -143,13 +202,16 @@ def main(argv: list[str] | None = None, anonymizer_factory=None):
             direct.direct_num_workers = os.cpu_count()
             direct.direct_running_mode = "multi_processing"
     opts = options.view_as(AnonymizeOptions)
+    _quiet_logs(options, opts.log_level)
     opts.input, opts.output = _local_abs(opts.input), _local_abs(opts.output)
     opts.debug_dir, opts.models_dir = _local_abs(opts.debug_dir), _local_abs(opts.models_dir)
     _check(opts)
     pipeline = beam.Pipeline(options=options)
-    build(pipeline, opts, anonymizer_factory)
-    result = pipeline.run()
-    state = result.wait_until_finish()
+    watch = _progress(options, opts)
+    build(pipeline, opts, anonymizer_factory, watch.ticker() if watch else None)
+    with watch or contextlib.nullcontext():
+        result = pipeline.run()
+        state = result.wait_until_finish()
     if str(state).endswith("DONE"):
         print(summary(result, opts))
         if opts.report:

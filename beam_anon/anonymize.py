@@ -16,7 +16,7 @@ import numpy as np
 
 from beam_anon import looks, plan, verify
 from beam_anon.blur import blur_boxes
-from beam_anon.boxes import Detections, clip, expand, fuse, map_to_image
+from beam_anon.boxes import Detections, clip, fuse, map_to_image, merge_objects
 from beam_anon.detectors import Detector
 from beam_anon.regions import Crop
 from beam_anon.settings import Settings
@@ -41,7 +41,7 @@ class AnonymizeResult:
     boxes: Detections            # regions actually blurred (pixels, labels face | plate)
     debug: DebugInfo | None
     timings: dict[str, float] = field(default_factory=dict)  # seconds per step
-    review: dict | None = None   # beam_anon.verify.review_entry: why a person should look
+    review: dict | None = None   # beam_anon.review.entry: why a person should look
     cost: looks.Cost = field(default_factory=looks.Cost)     # model passes, megapixels
 
 
@@ -127,7 +127,7 @@ class Anonymizer:
             timings[role + "s"] = time.perf_counter() - t
         stage2 = clip(Detections.concat(found), width, height)
         near_misses = fuse(clip(Detections.concat(near), width, height), self.settings.nms_iou)
-        fused = fuse(stage2, self.settings.nms_iou)
+        fused = merge_objects(fuse(stage2, self.settings.nms_iou))  # one box per object
         crops = list(dict.fromkeys(seen))
         return fused, DebugInfo(stage1, crops, stage2, near_misses), timings, cost
 
@@ -148,7 +148,7 @@ class Anonymizer:
                                      scale=c.scale * sx) for c in debug.crops],
                 map_to_image(debug.stage2, (0, 0), scale),
                 map_to_image(debug.near_misses, (0, 0), scale))
-        blurred_boxes = clip(plan.with_margins(found, self.settings), width, height)
+        blurred_boxes = merge_objects(clip(plan.with_margins(found, self.settings), width, height))
         t = time.perf_counter()
         out = blur_boxes(image, blurred_boxes, self.settings.blur_mode, self.settings.blur_strength)
         timings["blur"] = time.perf_counter() - t

@@ -33,7 +33,8 @@ class DerivedError(RuntimeError):
     """A derived model file could not be produced or failed its check."""
 
 
-def _sha256(path: str) -> str:
+def sha256_file(path: str) -> str:
+    """Hex sha256 of a local file, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -69,7 +70,7 @@ def is_current(entry: dict, root: str, variant: str) -> bool:
     return (record is not None and os.path.isfile(path)
             and record.get("recipe") == _recipe_key(recipe)
             and record.get("source_sha256") == _source_sha(entry, recipe)
-            and _sha256(path) == record.get("sha256"))
+            and sha256_file(path) == record.get("sha256"))
 
 
 def verified_file(entry: dict, root: str, variant: str) -> str:
@@ -144,10 +145,10 @@ def produce(entry: dict, root: str, samples: Sequence[str], variant: str) -> dic
                 outs = {o.name for o in model.graph.output}
                 float_nodes += [n.name for n in model.graph.node if set(n.output) & outs]
             graphs.quantize_int8(model, tmp, feeds, float_nodes)
-            calibration = {os.path.basename(p): _sha256(p) for p in sorted(samples)}
+            calibration = {os.path.basename(p): sha256_file(p) for p in sorted(samples)}
         else:
             onnx.save(model, tmp)
-        digest = _sha256(tmp)
+        digest = sha256_file(tmp)
         record = {"model": entry["name"], "variant": variant, "file": recipe["file"],
                   "source": source, "source_sha256": _source_sha(entry, recipe),
                   "recipe": _recipe_key(recipe), "calibration_images": calibration,

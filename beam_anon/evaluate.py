@@ -277,6 +277,36 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
+def review_hits(labels: list[LabelImage], result: dict, queue: list[dict]) -> dict:
+    """How well a run's review queue (``review.jsonl`` items) points at its real misses:
+    ``queued`` images and their ``share`` of the evaluated ones; of the ``misses`` (counted GT
+    boxes left uncovered, from ``result["per_image"]``), ``on_queued_image`` (the image is in
+    the queue) and ``under_a_queue_box`` (a queue box covers >= 30 % of the missed box, or the
+    missed box >= 30 % of it)."""
+    queued = [q for q in queue if q.get("status") == "ok"]
+    by_name = {q["input"].rsplit("/", 1)[-1]: q for q in queued}
+    missed = [(p["image"], m) for p in result["per_image"] for m in p["missed"]]
+    on_image = under_box = 0
+    for image, miss in missed:
+        item = by_name.get(image.rsplit("/", 1)[-1])
+        if item is None:
+            continue
+        on_image += 1
+        g = np.asarray(miss["box"], np.float32)
+        for b in item.get("boxes", ()):
+            q = np.array([b["x0"], b["y0"], b["x1"], b["y1"]], np.float32)
+            inter = union_area(q[None], g)
+            if inter >= MATCH_BLUR_COVERED * max(_area(g), _EPS) or \
+                    inter >= MATCH_BLUR_COVERED * max(_area(q), _EPS):
+                under_box += 1
+                break
+    evaluated = result["images"]["evaluated"]
+    return {"queued": len(queued), "share": _ratio(len(queued), evaluated),
+            "misses": len(missed), "on_queued_image": on_image,
+            "under_a_queue_box": under_box,
+            "failed_or_no_output": len(queue) - len(queued)}
+
+
 def format_table(result: dict) -> str:
     """Human-readable summary of :func:`evaluate`'s result."""
     im = result["images"]
@@ -303,6 +333,11 @@ def format_table(result: dict) -> str:
         lines.append("failed: " + ", ".join(f["image"] for f in im["failed_list"]))
     if im["missing"]:
         lines.append("MISSING: " + ", ".join(im["missing_list"]))
+    if result.get("review"):
+        r = result["review"]
+        lines.append(f"review queue: {r['queued']} images ({_pct(r['share'])} of the evaluated); "
+                     f"of {r['misses']} misses, {r['on_queued_image']} are on a queued image, "
+                     f"{r['under_a_queue_box']} under a queue box")
     return "\n".join(lines)
 
 
@@ -317,8 +352,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", help="also write the result as JSON to this file")
     p.add_argument("--strict", action="store_true",
                    help="exit 1 when a labelled image is missing from the manifest")
+    p.add_argument("--review", default=None, help="the run's review.jsonl (default: next to "
+                   "the first manifest, when there): how many misses the queue points at")
     args = p.parse_args(argv)
-    result = evaluate(load_labels(args.labels), load_manifest(args.manifest), args.coverage)
+    labels = load_labels(args.labels)
+    result = evaluate(labels, load_manifest(args.manifest), args.coverage)
+    first = (_expand(args.manifest) or [""])[0]
+    review_path = args.review or os.path.join(os.path.dirname(first), "review.jsonl")
+    if os.path.isfile(review_path):
+        with _open_text(review_path) as f:
+            queue = [json.loads(line) for line in f if line.strip()]
+        result["review"] = review_hits(labels, result, queue)
     print(format_table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")

@@ -16,9 +16,10 @@ error_type    str | null        exception class name, e.g. ``ImageError``, ``OSE
 width         int | null        width of the orientation-corrected image, pixels (null if undecoded)
 height        int | null        height, likewise
 format        str | null        ``jpeg`` | ``png``; the output has the same format as the input
-boxes         list              regions actually blurred: ``{label, score, x0, y0, x1, y1}``,
-                                label ``face`` | ``plate``, score in [0, 1], corners in pixels of
-                                the orientation-corrected input (x1, y1 exclusive), margin included
+boxes         list              regions actually blurred, one per object: ``{label, score, x0,
+                                y0, x1, y1, models}``, label ``face`` | ``plate``, score in
+                                [0, 1], corners in pixels of the orientation-corrected input (x1,
+                                y1 exclusive), margin included; models: which found it
 models        list              ``{name, sha256}`` of every model that ran
 settings      dict              every ``beam_anon.settings.Settings`` field of the run
 timings       dict              seconds per step: ``read``, ``decode``, ``stage1``, ``faces``,
@@ -29,10 +30,12 @@ passes        dict              model passes per model (registry name) for this 
 megapixels    dict              megapixels each model computed on (after its own resizing)
 needs_review  bool              true when the verification pass still detected a face or plate in
                                 the output after its last re-blur round (``beam_anon.verify``)
-review        dict | null       why a person should look: ``{reasons, boxes}``; reasons among
-                                ``verify_survived``, ``verify_reblurred``, ``near_threshold``;
-                                boxes ``{label, score, x0, y0, x1, y1, reason}`` (pixels, as
-                                ``boxes``); ``near_threshold`` boxes were NOT blurred
+review        dict | null       why a person should look (``beam_anon.review``): ``{risk,
+                                queued, reasons, boxes}``; risk 0-1; queued: in the default
+                                OUTPUT/review.jsonl; reasons among ``verify_survived``,
+                                ``near_threshold``, ``verify_reblurred``; boxes ``{label, score,
+                                x0, y0, x1, y1, reason, risk, queued[, signals, models]}``
+                                (pixels, as ``boxes``); ``near_threshold`` boxes were NOT blurred
 video         dict | null       videos only (``beam_anon.video``): ``frames``, ``fps``,
                                 ``duration`` (s), ``rotation`` (degrees applied), counts
                                 ``boxes`` / ``tracks`` per label, ``boxes_added`` (by the
@@ -91,15 +94,22 @@ class ManifestRecord:
                                    error_type=error_type or "Error")
 
     def review_item(self) -> dict | None:
-        """This record's line in ``OUTPUT/review.jsonl`` (``{key, input, output, status, reasons,
-        error, boxes}``; reasons as in ``review``, or ``failed``), or None if nothing to review."""
+        """This record's candidate line for ``OUTPUT/review.jsonl`` (``{key, input, output,
+        status, risk, queued, reasons, why, error, boxes}``: ``beam_anon.review``; a failure has
+        risk 1 and is always queued), or None if nothing to review."""
+        from beam_anon import review as rv
+
         if self.ok and not self.review:
             return None
         review = self.review or {}
-        reasons = list(review.get("reasons", [])) + ([] if self.ok else ["failed"])
-        return {"key": self.key, "input": self.input, "output": self.output,
-                "status": self.status, "reasons": reasons, "error": self.error,
-                "boxes": review.get("boxes", [])}
+        reasons = list(review.get("reasons", [])) + ([] if self.ok else [rv.FAILED])
+        item = {"key": self.key, "input": self.input, "output": self.output,
+                "status": self.status,
+                "risk": rv.RISK[rv.FAILED] if not self.ok else review.get("risk", 0.0),
+                "queued": not self.ok or bool(review.get("queued", True)),
+                "reasons": reasons, "error": self.error, "boxes": review.get("boxes", [])}
+        item["why"] = rv.why(item)
+        return item
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -33,6 +33,7 @@ from functools import lru_cache
 from typing import Iterable, Sequence
 
 from beam_anon import derived, runtime
+from beam_anon.derived import sha256_file  # noqa: F401  (models.sha256_file is public)
 from beam_anon.detectors import Detector, build_detector
 
 #: how many times each model was loaded in this process (``get_detector`` loads each once)
@@ -96,14 +97,6 @@ def remote_cache_dir(models_dir: str) -> str:
     """Local directory that caches the files of a remote models dir."""
     key = hashlib.sha256(models_dir.rstrip("/").encode()).hexdigest()[:16]
     return os.path.join(os.path.expanduser("~"), ".cache", "beam_anon", "remote", key)
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _missing_files(entry: dict, root: str) -> list[str]:

@@ -87,8 +87,13 @@ SETTINGS_HELP = {
     "verify_rounds": "re-blur rounds (blur strength doubles each round); still detected after "
                      "the last round -> the record needs review",
     "verify_full_frame": "the verification pass also re-checks the whole image (true/false)",
-    "review_band": "detections scoring within this much below their threshold are not blurred "
-                   "but put the image in OUTPUT/review.jsonl (0 = off)",
+    "review_band": "detections outside every blurred box scoring within this much below their "
+                   "threshold are not blurred but are review candidates (0 = off)",
+    "review_just_below": "a review candidate this close to its threshold is queued even when "
+                         "only one look saw it (others need two looks: models or scales)",
+    "review_max_fraction": "fill OUTPUT/review.jsonl with the next riskiest images up to this "
+                           "share of all images (0: only the queued ones: failures, survivors "
+                           "of verification, qualified near-threshold detections)",
     "jpeg_quality": "JPEG output quality, 1-100",
     "keep_metadata": "keep allow-listed EXIF (capture time, exposure; never GPS, camera, serial "
                      "numbers or thumbnail; see beam_anon.image_io) (true/false)",

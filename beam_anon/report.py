@@ -29,12 +29,12 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from PIL import Image, ImageDraw
 
+from beam_anon import review
 from beam_anon.manifest import ManifestRecord
 
 THUMB_MAX = 320
 MAX_FAILURE_ROWS = 200
 COLOURS = {"face": "#ffd400", "plate": "#00c8ff", "review": "#ff2d2d"}
-_REASON_ORDER = ("verify_survived", "failed", "verify_reblurred", "near_threshold")
 
 
 class OutsideRunDir(ValueError):
@@ -94,12 +94,22 @@ def thumbnail(record: ManifestRecord, run_dir: str, extra_boxes=()) -> str:
 
 # --- statistics -----------------------------------------------------------------------------
 
+def review_queue(records: list[ManifestRecord]) -> list[dict]:
+    """The run's review queue as ``review.jsonl`` holds it: riskiest first
+    (``beam_anon.review.select`` over the records' candidates)."""
+    items = [i for i in (r.review_item() for r in records) if i]
+    fraction = max((float((r.settings or {}).get("review_max_fraction") or 0) for r in records),
+                   default=0.0)
+    return review.select(items, len(records), fraction)
+
+
 def summarize(records: list[ManifestRecord]) -> dict:
-    """Counts shown on the page (also in its ``data-*`` attributes)."""
+    """Counts shown on the page (also in its ``data-*`` attributes); faces and plates are
+    objects (one blurred box each)."""
     labels = Counter(b["label"] for r in records if r.ok for b in r.boxes)
     return {"images": len(records), "ok": sum(r.ok for r in records),
             "failed": sum(not r.ok for r in records),
-            "review": sum(r.review_item() is not None for r in records),
+            "review": len(review_queue(records)),
             "needs_review": sum(bool(r.needs_review) for r in records),
             "faces": labels.get("face", 0), "plates": labels.get("plate", 0)}
 
@@ -184,11 +194,6 @@ def _figure(record: ManifestRecord, run_dir: str, caption: str, extra=()) -> str
     return f"<figure>{img}<figcaption>{caption}</figcaption></figure>"
 
 
-def _review_rank(record: ManifestRecord) -> int:
-    reasons = record.review_item()["reasons"]
-    return min((_REASON_ORDER.index(r) for r in reasons if r in _REASON_ORDER), default=9)
-
-
 def build_html(run_dir: str, sample: int = 48, seed: int = 0) -> str:
     """The report page for ``run_dir`` as one HTML string (see the module doc)."""
     from beam_anon.models import model_info
@@ -212,11 +217,10 @@ def build_html(run_dir: str, sample: int = 48, seed: int = 0) -> str:
     if len(failures) > MAX_FAILURE_ROWS:
         fail_rows += f"<tr><td colspan=3>... and {len(failures) - MAX_FAILURE_ROWS} more " \
                      f"(see manifest.jsonl)</td></tr>"
-    queue = sorted((r for r in records if r.ok and r.review_item()),
-                   key=lambda r: (_review_rank(r), r.key))
-    review_figs = [_figure(r, run_dir, f"{_e(r.key)}<br>{_e(', '.join(r.review_item()['reasons']))}"
-                           f"<br>" + "; ".join(f"{_e(b['reason'])} {_e(b['label'])} "
-                                              f"{b['score']:.2f}" for b in r.review["boxes"][:6]),
+    by_key = {r.key: r for r in records}
+    queue = [by_key[i["key"]] for i in review_queue(records) if by_key[i["key"]].ok]
+    review_figs = [_figure(r, run_dir, f"{_e(r.key)}<br>risk {r.review_item()['risk']:.2f}: "
+                           f"{_e(r.review_item()['why'])}",
                            [b for b in r.review["boxes"] if b["reason"] != "verify_reblurred"])
                    for r in queue[:sample]]
     ok = sorted((r for r in records if r.ok and r.output), key=lambda r: r.key)
@@ -228,7 +232,8 @@ def build_html(run_dir: str, sample: int = 48, seed: int = 0) -> str:
                               ("failed", "failed (nothing written)"),
                               ("review", "in the review queue (review.jsonl)"),
                               ("needs_review", "needs review (detected after the last re-blur)"),
-                              ("faces", "faces blurred"), ("plates", "plates blurred")))
+                              ("faces", "faces blurred (objects, one box each)"),
+                              ("plates", "plates blurred (objects, one box each)")))
     reasons = Counter(x for r in records if r.review_item() for x in r.review_item()["reasons"])
     legend = " ".join(f'<span class="key" style="border-color:{c}"></span> {n}'
                       for n, c in COLOURS.items())
@@ -242,7 +247,7 @@ page is a thumbnail of an <b>anonymized output</b>; no original pixels are inclu
 <h2>Plots</h2><div>{''.join(plots(records))}</div>
 <h2>Failures ({len(failures)})</h2>{'<table><tr><th>key</th><th>error type</th><th>reason</th>'
                                    '</tr>' + fail_rows + '</table>' if failures else '<p>none</p>'}
-<h2>Review queue ({len(queue)} with output; showing {len(review_figs)})</h2>
+<h2>Review queue, riskiest first ({len(queue)} with output; showing {len(review_figs)})</h2>
 <p>Outlines: {legend} (red: near-threshold detections, not blurred, or still detected after the
 last re-blur).</p><div class="gal" id="review">{''.join(review_figs) or '<p>empty</p>'}</div>
 <h2>Random sample of outputs ({len(sample_figs)} of {len(ok)}, seed {seed})</h2>

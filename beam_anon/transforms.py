@@ -29,7 +29,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from beam_anon import image_io
+from beam_anon import image_io, review
 from beam_anon.manifest import STATUS_OK, ManifestRecord, settings_dict
 from beam_anon.records import previous_record, record_bytes, record_path
 from beam_anon.settings import Settings
@@ -207,7 +207,7 @@ class AnonymizeFn(beam.DoFn):
             record.passes = dict(cost.passes)
             record.megapixels = {k: round(v, 3) for k, v in cost.megapixels.items()}
         record.boxes = result.boxes.to_records()
-        record.review = getattr(result, "review", None)  # see beam_anon.verify
+        record.review = getattr(result, "review", None)  # see beam_anon.review
         record.needs_review = "verify_survived" in (record.review or {}).get("reasons", ())
         labels = result.boxes.labels.astype(str)
         self.faces.inc(int((labels == "face").sum()))
@@ -310,16 +310,25 @@ class WriteAnonymized(beam.PTransform):
 
 def _review_items(record: ManifestRecord) -> list[dict]:
     item = record.review_item()
+    if item:
+        item["max_fraction"] = float((record.settings or {}).get("review_max_fraction") or 0.0)
     return [item] if item else []
+
+
+def _queue(items: list[dict], total: int) -> list[dict]:
+    """The run's review queue (``beam_anon.review.select``), riskiest first."""
+    fraction = max((i.pop("max_fraction", 0.0) for i in items), default=0.0)
+    return review.select(items, total, fraction)
 
 
 class WriteManifest(beam.PTransform):
     """``ManifestRecord ->`` the run's record files, shared by every input format.
 
     Writes every record to ``output_dir/manifest.jsonl`` (one JSON object per line; schema in
-    ``beam_anon.manifest``) and the review queue -- failures, verification hits, near-threshold
-    detections -- to ``output_dir/review.jsonl`` (one ``ManifestRecord.review_item`` per line;
-    the file exists, possibly empty, after every run). Records must be final (``output`` filled
+    ``beam_anon.manifest``) and the review queue, riskiest first (``beam_anon.review``: failures,
+    verification survivors, qualified near-threshold detections; more with
+    ``review_max_fraction``), to ``output_dir/review.jsonl`` (one ``ManifestRecord.review_item``
+    per line; the file exists, possibly empty, after every run). Records must be final (``output`` filled
     in) when they arrive. Returns the manifest ``WriteToText``'s result (the file name)."""
 
     def __init__(self, output_dir: str):
@@ -327,8 +336,11 @@ class WriteManifest(beam.PTransform):
         self.output_dir = output_dir
 
     def expand(self, records):
+        total = records | "Count" >> beam.combiners.Count.Globally()
         _ = (records
              | "ReviewItems" >> beam.FlatMap(_review_items)
+             | "Candidates" >> beam.combiners.ToList()
+             | "RankByRisk" >> beam.FlatMap(_queue, beam.pvalue.AsSingleton(total))
              | "ReviewJson" >> beam.Map(json.dumps, ensure_ascii=False, separators=(",", ":"))
              | "WriteReview" >> beam.io.WriteToText(
                  FileSystems.join(self.output_dir, REVIEW_NAME), shard_name_template=""))

@@ -1,4 +1,4 @@
-"""Verification pass and review entries: does anything still look like a face or plate after the blur?
+"""Verification pass: does anything still look like a face or plate after the blur?
 
 After :class:`beam_anon.anonymize.Anonymizer` blurs an image, :func:`verify_blur` runs the same
 stage-2 detectors again on the **anonymized** pixels, where they could still find something:
@@ -11,10 +11,11 @@ full-frame tiles at scale 1 when ``verify_full_frame``. A detection scoring at l
 * a hit over a blurred region means the blur left something detectable: that region and the hit
   are blurred again, with ``blur_strength * 2**round``;
 * a hit elsewhere is something new (the blur changed its context, or the tiling differs): it is
-  blurred too (margin included) and added to the blurred boxes.
+  blurred too (margin included) and added to the blurred boxes; boxes of one label nested in
+  each other become their union (``beam_anon.boxes.merge_objects``), which is blurred too.
 
 At most ``settings.verify_rounds`` such rounds; a round with no hit ends it. If the last check
-still finds hits the image *needs review*: the review entry says so with the boxes concerned.
+still finds hits the image *needs review* (``beam_anon.review``).
 Units: boxes are xyxy pixels of the image given; scores in [0, 1].
 """
 from __future__ import annotations
@@ -24,20 +25,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from beam_anon import looks, plan
+from beam_anon import looks, plan, review
 from beam_anon.blur import blur_boxes
-from beam_anon.boxes import Detections, clip, expand, fuse, map_to_image
+from beam_anon.boxes import Detections, clip, expand, fuse, map_to_image, merge_objects
 from beam_anon.regions import Crop, int_box, scaled_tiles
 
 CONTEXT_FRACTION = 0.5     # context around a blurred region when it is re-checked, per side
 RECHECK_BOX_SIZE = 96      # pixels: a blurred region's long side as the re-check sees it
 COVERED_FRACTION = 0.9     # a hit this much inside a blurred box adds no new box
 
-# review reasons (manifest ``review.reasons``, review.jsonl ``reasons``)
-NEAR_THRESHOLD = "near_threshold"    # a detection within review_band below its threshold
-VERIFY_REBLURRED = "verify_reblurred"  # verification found something and blurred it (again)
-VERIFY_SURVIVED = "verify_survived"  # still detected after the last round: needs review
-FAILED = "failed"                    # the image failed; nothing was written
+# review reasons (beam_anon.review)
+NEAR_THRESHOLD, VERIFY_REBLURRED = review.NEAR_THRESHOLD, review.VERIFY_REBLURRED
+VERIFY_SURVIVED, FAILED = review.VERIFY_SURVIVED, review.FAILED
 
 
 @dataclass
@@ -53,13 +52,11 @@ class VerifyResult:
         return len(self.survived) > 0
 
 
-def _covered(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(N, M) fraction of each box in ``a`` that lies inside each box in ``b`` (xyxy arrays)."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=1)
-    return inter / np.maximum(area[:, None], 1e-9)
+def _among(xyxy: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """(N,) True where a box of ``xyxy`` equals one of ``others`` (within 0.01 px)."""
+    if not len(others):
+        return np.zeros(len(xyxy), bool)
+    return (np.abs(xyxy[:, None, :] - others[None, :, :]).max(axis=2) < 0.01).any(axis=1)
 
 
 def recheck_crops(boxes: Detections, width: int, height: int, settings) -> list[Crop]:
@@ -112,42 +109,21 @@ def verify_blur(anonymizer, image: np.ndarray, boxes: Detections,
     while len(hits) and rounds < settings.verify_rounds:
         rounds += 1
         targets = clip(plan.with_margins(hits, settings), width, height)
-        overlapped = (_covered(boxes.xyxy, targets.xyxy).max(axis=1) > 0 if len(boxes)
-                      else np.zeros(0, bool))
+        overlapped = (review.covered_fraction(boxes.xyxy, targets.xyxy).max(axis=1) > 0
+                      if len(boxes) else np.zeros(0, bool))
         strength = settings.blur_strength * 2 ** rounds
         image = blur_boxes(image, Detections.concat([boxes[overlapped], targets]),
                            settings.blur_mode, strength)
-        new = (_covered(targets.xyxy, boxes.xyxy).max(axis=1) < COVERED_FRACTION if len(boxes)
-               else np.ones(len(targets), bool))
-        boxes = Detections.concat([boxes, targets[new]])
+        new = (review.covered_fraction(targets.xyxy, boxes.xyxy).max(axis=1) < COVERED_FRACTION
+               if len(boxes) else np.ones(len(targets), bool))
+        merged = merge_objects(Detections.concat([boxes, targets[new]]))
+        grown = merged[~_among(merged.xyxy, boxes.xyxy)]  # unions of nested boxes: blur them
+        if len(grown):
+            image = blur_boxes(image, grown, settings.blur_mode, strength)
+        boxes = merged
         fixed.append(hits)
         hits = detect_again(anonymizer, image, boxes, cost)
     return VerifyResult(image, boxes, Detections.concat(fixed), hits, rounds)
-
-
-def _box_records(dets: Detections, reason: str) -> list[dict]:
-    return [dict(r, reason=reason) for r in dets.to_records()]
-
-
-def review_entry(near_misses: Detections, verified: VerifyResult | None) -> dict | None:
-    """The manifest's ``review`` value: ``{"reasons": [...], "boxes": [{label, score, x0, y0, x1,
-    y1, reason}]}``, or None when nothing needs a second look."""
-    reasons, boxes = [], []
-    for reason, dets in ((VERIFY_SURVIVED, verified.survived if verified else None),
-                         (VERIFY_REBLURRED, verified.fixed if verified else None),
-                         (NEAR_THRESHOLD, near_misses)):
-        if dets is not None and len(dets):
-            reasons.append(reason)
-            boxes += _box_records(dets, reason)
-    return {"reasons": reasons, "boxes": boxes} if reasons else None
-
-
-def unblurred_near_misses(near_misses: Detections, boxes: Detections) -> Detections:
-    """Near-threshold detections not already mostly inside a blurred box (those are duplicates
-    of something blurred, not candidates for review)."""
-    if not len(near_misses) or not len(boxes):
-        return near_misses
-    return near_misses[_covered(near_misses.xyxy, boxes.xyxy).max(axis=1) < 0.5]
 
 
 def check(anonymizer, image: np.ndarray, boxes: Detections, near_misses: Detections,
@@ -162,4 +138,6 @@ def check(anonymizer, image: np.ndarray, boxes: Detections, near_misses: Detecti
         verified = verify_blur(anonymizer, image, boxes, cost)
         image, boxes = verified.image, verified.boxes
         timings["verify"] = time.perf_counter() - t
-    return image, boxes, review_entry(unblurred_near_misses(near_misses, boxes), verified)
+    near = review.unblurred(near_misses, boxes)
+    return image, boxes, review.entry(near, verified.survived if verified else None,
+                                      verified.fixed if verified else None, anonymizer.settings)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 from apache_beam.io.filesystems import FileSystems
 
+from beam_anon import review as review_mod
 from beam_anon import tracking, video_encode, video_io
 from beam_anon.blur import blur_boxes
 from beam_anon.boxes import Detections
@@ -285,15 +286,14 @@ def _sidecar(results: list[SegmentResult], info: video_io.VideoInfo) -> tuple[by
 
 
 def _review(results: list[SegmentResult]) -> tuple[dict | None, bool]:
-    reasons, boxes = set(), []
-    for r in results:
-        for frame, review in r.reviews:
-            reasons.update(review.get("reasons", ()))
-            boxes += [dict(b, frame=frame) for b in review.get("boxes", ())]
-    if not reasons:
+    """The video's review: its frames' merged (highest risk, queued if any frame is), with
+    each box's frame number, at most MAX_REVIEW_BOXES boxes (riskiest first)."""
+    merged = review_mod.merge([dict(rv, boxes=[dict(b, frame=frame) for b in rv.get("boxes", ())])
+                               for r in results for frame, rv in r.reviews])
+    if merged is None:
         return None, False
-    return ({"reasons": sorted(reasons), "boxes": boxes[:MAX_REVIEW_BOXES]},
-            "verify_survived" in reasons)
+    merged["boxes"] = merged["boxes"][:MAX_REVIEW_BOXES]
+    return merged, review_mod.VERIFY_SURVIVED in merged["reasons"]
 
 
 def remove_parts(directory: str) -> None:

@@ -1,0 +1,124 @@
+"""The review queue: which images a person should look at, ranked by risk, short by default.
+
+Every record's ``review`` (manifest) is ``{risk, queued, reasons, boxes}``; ``OUTPUT/review.jsonl``
+holds the queued ones, riskiest first (:func:`select`). Reasons and their risk (0-1):
+
+* ``failed`` (1.0): nothing was written: always queued;
+* ``verify_survived`` (0.9): still detected after the last re-blur round: always queued;
+* ``near_threshold`` (0.3-0.8): a detection outside every blurred box scoring within
+  ``review_band`` below its threshold, not blurred. Queued only when more than one weak signal
+  saw it (two models, or two looks at different scales: its ``sources``) or when it scored within
+  ``review_just_below`` of the threshold; risk grows with its score and its signals;
+* ``verify_reblurred`` (0.2): verification found something and blurred it again: fixed, so only
+  listed when ``review_max_fraction`` asks for more.
+
+``review_max_fraction`` > 0 fills the queue with the riskiest other entries up to that share of
+all images (queued ones are never dropped). Boxes are xyxy pixels, as in the manifest.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from beam_anon.boxes import Detections
+
+FAILED = "failed"
+VERIFY_SURVIVED = "verify_survived"
+NEAR_THRESHOLD = "near_threshold"
+VERIFY_REBLURRED = "verify_reblurred"
+RISK = {FAILED: 1.0, VERIFY_SURVIVED: 0.9, VERIFY_REBLURRED: 0.2}
+WORDS = {FAILED: "failed: nothing was written",
+         VERIFY_SURVIVED: "still detected after the last re-blur round",
+         VERIFY_REBLURRED: "verification found something and blurred it (again)",
+         NEAR_THRESHOLD: "not blurred: scored just below its threshold"}
+
+
+def covered_fraction(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N, M) fraction of each box in ``a`` that lies inside each box in ``b`` (xyxy arrays)."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
+    area = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=1)
+    return inter / np.maximum(area[:, None], 1e-9)
+
+
+def unblurred(near: Detections, boxes: Detections) -> Detections:
+    """Near-threshold detections not already mostly inside a blurred box (those are duplicates
+    of something blurred, not candidates for review)."""
+    if not len(near) or not len(boxes):
+        return near
+    return near[covered_fraction(near.xyxy, boxes.xyxy).max(axis=1) < 0.5]
+
+
+def near_entries(near: Detections, settings) -> list[dict]:
+    """Box records of near-threshold detections with ``reason``, ``signals`` (distinct looks
+    that saw it), ``risk`` and ``queued`` (see the module doc)."""
+    out = []
+    for i, record in enumerate(near.to_records()):
+        models = near.models(i) or [""]
+        threshold = min(settings.threshold(m, record["label"]) for m in models)
+        below = max(0.0, threshold - record["score"])
+        closeness = 1.0 - min(1.0, below / max(settings.review_band, 1e-6))
+        signals = max(1, len(near.sources[i]))
+        queued = signals > 1 or below <= settings.review_just_below
+        risk = min(0.8, 0.3 + 0.4 * closeness + 0.1 * min(signals - 1, 2))
+        out.append(dict(record, reason=NEAR_THRESHOLD, signals=signals,
+                        risk=round(risk, 3), queued=queued))
+    return out
+
+
+def entry(near: Detections, survived: Detections | None, fixed: Detections | None,
+          settings) -> dict | None:
+    """The manifest's ``review`` value for one image, or None when nothing needs a look."""
+    boxes = [dict(r, reason=VERIFY_SURVIVED, risk=RISK[VERIFY_SURVIVED], queued=True)
+             for r in (survived.to_records() if survived is not None else [])]
+    boxes += [dict(r, reason=VERIFY_REBLURRED, risk=RISK[VERIFY_REBLURRED], queued=False)
+              for r in (fixed.to_records() if fixed is not None else [])]
+    boxes += near_entries(near, settings)
+    if not boxes:
+        return None
+    boxes.sort(key=lambda b: -b["risk"])
+    reasons = list(dict.fromkeys(b["reason"] for b in boxes))
+    return {"risk": boxes[0]["risk"], "queued": any(b["queued"] for b in boxes),
+            "reasons": reasons, "boxes": boxes}
+
+
+def merge(reviews: list[dict]) -> dict | None:
+    """One review of several (e.g. a video's frames): the highest risk, queued if any is."""
+    reviews = [r for r in reviews if r]
+    if not reviews:
+        return None
+    boxes = sorted((b for r in reviews for b in r.get("boxes", ())), key=lambda b: -b["risk"])
+    return {"risk": max(r.get("risk", 0.0) for r in reviews),
+            "queued": any(r.get("queued") for r in reviews),
+            "reasons": list(dict.fromkeys(x for r in reviews for x in r.get("reasons", ()))),
+            "boxes": boxes}
+
+
+def why(item: dict) -> str:
+    """The reasons of a queue item in words, for people (report, review.jsonl ``why``)."""
+    parts = []
+    for reason in item.get("reasons", ()):
+        text = WORDS.get(reason, reason)
+        boxes = [b for b in item.get("boxes", ()) if b.get("reason") == reason]
+        if reason == FAILED and item.get("error"):
+            text += f" ({item['error']})"
+        if reason == NEAR_THRESHOLD and boxes:
+            b = boxes[0]
+            text = (f"a {b['label']} scored {b['score']:.2f}, just below its threshold, seen by "
+                    f"{b.get('signals', 1)} look(s) ({', '.join(b.get('models', [])) or '?'}); "
+                    "not blurred")
+        parts.append(text)
+    return "; ".join(parts)
+
+
+def select(items: list[dict], total: int, max_fraction: float = 0.0) -> list[dict]:
+    """The queue from all candidate items of a run (``{risk, queued, ...}``), riskiest first:
+    every queued item, plus the riskiest others while the queue holds fewer than
+    ``max_fraction`` of ``total`` images."""
+    items = sorted(items, key=lambda i: (-i.get("risk", 0.0), i.get("key", "")))
+    queue = [i for i in items if i.get("queued")]
+    room = int(max_fraction * total) - len(queue)
+    if room > 0:
+        queue += [i for i in items if not i.get("queued")][:room]
+        queue.sort(key=lambda i: (-i.get("risk", 0.0), i.get("key", "")))
+    return queue

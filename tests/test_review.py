@@ -1,0 +1,93 @@
+"""Issue 11's rules: one blurred box per object, the risk-ranked review queue, progress lines."""
+import io
+
+import numpy as np
+
+from beam_anon import progress, review
+from beam_anon.boxes import Detections, merge_objects
+from beam_anon.manifest import ManifestRecord
+from beam_anon.settings import Settings
+
+
+def dets(boxes, scores, labels, sources=None):
+    return Detections(np.array(boxes, np.float32), scores, np.array(labels, object), sources)
+
+
+def test_nested_and_chained_boxes_become_one_object_each():
+    d = dets([[0, 0, 100, 100], [10, 10, 50, 50],          # nested
+              [200, 0, 260, 40], [225, 0, 275, 40], [250, 0, 290, 40],  # a chain: C joins A+B
+              [400, 0, 440, 40], [435, 0, 475, 40],        # overlap of 5/40: two objects
+              [10, 10, 50, 50]],                            # a plate inside a face: kept apart
+             [0.5, 0.9, 0.4, 0.7, 0.3, 0.8, 0.8, 0.6],
+             ["face"] * 7 + ["plate"],
+             [{"a:x"}, {"b:y"}, {"a:x"}, {"a:z"}, {"b:x"}, {"a:x"}, {"a:x"}, {"c:x"}])
+    out = merge_objects(d)
+    faces = out.with_label("face")
+    boxes = sorted(faces.xyxy.tolist())
+    assert [0, 0, 100, 100] in boxes and [200, 0, 290, 40] in boxes
+    assert [400, 0, 440, 40] in boxes and [435, 0, 475, 40] in boxes and len(faces) == 4
+    big = faces[faces.xyxy[:, 2] == 100]
+    assert big.scores[0] == np.float32(0.9) and big.sources[0] == {"a:x", "b:y"}
+    assert faces.models(int(np.flatnonzero(faces.xyxy[:, 2] == 290)[0])) == ["a", "b"]
+    assert len(out.with_label("plate")) == 1
+    # no pair of one label left where more than half of the smaller lies inside the other
+    cov = review.covered_fraction(faces.xyxy, faces.xyxy)
+    np.fill_diagonal(cov, 0)
+    assert (cov <= 0.5).all()
+
+
+def test_box_records_name_the_models_that_found_them():
+    d = dets([[0, 0, 10, 10]], [0.9], ["face"], [{"centerface:zoom", "yunet:full_frame"}])
+    (rec,) = d.to_records()
+    assert rec["models"] == ["centerface", "yunet"]
+    assert Detections.from_records([rec]).models(0) == ["centerface", "yunet"]
+
+
+S = Settings(model_thresholds=("m=0.3", "n=0.3"), review_band=0.1, review_just_below=0.02)
+
+
+def test_near_threshold_needs_two_signals_or_a_score_just_below():
+    near = dets([[0, 0, 10, 10], [20, 0, 30, 10], [40, 0, 50, 10]], [0.22, 0.22, 0.29],
+                ["face"] * 3, [{"m:full_frame"}, {"m:full_frame", "n:full_frame"},
+                               {"m:zoom"}])
+    entries = review.near_entries(near, S)
+    assert [e["queued"] for e in entries] == [False, True, True]
+    assert entries[1]["signals"] == 2 and entries[1]["risk"] > entries[0]["risk"]
+    assert entries[2]["risk"] > entries[0]["risk"]
+    one = review.entry(near[[0]], None, None, S)
+    assert one["queued"] is False and one["reasons"] == [review.NEAR_THRESHOLD]
+
+
+def test_failures_and_survivors_always_in_the_queue_riskiest_first():
+    survived = dets([[0, 0, 10, 10]], [0.7], ["face"])
+    items = [
+        {"key": "weak", **review.entry(dets([[0, 0, 9, 9]], [0.21], ["face"], [{"m:a"}]),
+                                      None, None, S)},
+        {"key": "survivor", **review.entry(Detections.empty(), survived, None, S)},
+        {"key": "fixed", **review.entry(Detections.empty(), None, survived, S)},
+        ManifestRecord(input="x", key="broken").failed("bad").review_item()]
+    queue = review.select(items, total=100)
+    assert [i["key"] for i in queue] == ["broken", "survivor"]
+    more = review.select(items, total=100, max_fraction=0.03)
+    assert [i["key"] for i in more] == ["broken", "survivor", "weak"]
+    assert all(a["risk"] >= b["risk"] for a, b in zip(more, more[1:]))
+    assert "still detected" in review.why(items[1]) and "failed" in review.why(items[3])
+
+
+def test_progress_line_and_printer_for_a_log_file(tmp_path):
+    assert progress.line(120, 304, 60.0) == \
+        "beam_anon: 120/304 images (39 %), 2.0 images/s, ETA 1 min 32 s"
+    assert progress.line(5, None, 10.0, "records") == "beam_anon: 5 records done, 0.5 records/s"
+    out = io.StringIO()
+    with progress.Progress(10, interval=0.05, stream=out) as p:
+        ticker = p.ticker()
+        for _ in range(4):
+            ticker.tick()
+        import time
+        time.sleep(0.3)
+        ticker.tick(6)
+        time.sleep(0.3)
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("beam_anon: 4/10 images") and "ETA" in lines[0]
+    assert lines[-1].startswith("beam_anon: 10/10 images (100 %)")
+    assert len(lines) == len(set(lines)) or lines[-1] == lines[-2]  # one line per change

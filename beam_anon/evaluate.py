@@ -277,12 +277,30 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
+def nested_pairs(records: list[dict]) -> int:
+    """Pairs of blurred boxes of one label in one record where more than half of the smaller
+    lies inside the other (one object blurred twice); 0 when every object has one box."""
+    count = 0
+    for rec in records:
+        if rec.get("status") != "ok":
+            continue
+        boxes = Detections.from_records(rec.get("boxes") or [])
+        for label in set(boxes.labels.astype(str)):
+            b = boxes.with_label(label).xyxy
+            lt = np.maximum(b[:, None, :2], b[None, :, :2])
+            inter = np.prod(np.clip(np.minimum(b[:, None, 2:], b[None, :, 2:]) - lt, 0, None), 2)
+            area = np.prod(b[:, 2:] - b[:, :2], axis=1)
+            nested = inter > 0.5 * np.minimum(area[:, None], area[None, :])
+            count += int(np.triu(nested, 1).sum())
+    return count
+
+
 def review_hits(labels: list[LabelImage], result: dict, queue: list[dict]) -> dict:
     """How well a run's review queue (``review.jsonl`` items) points at its real misses:
     ``queued`` images and their ``share`` of the evaluated ones; of the ``misses`` (counted GT
     boxes left uncovered, from ``result["per_image"]``), ``on_queued_image`` (the image is in
-    the queue) and ``under_a_queue_box`` (a queue box covers >= 30 % of the missed box, or the
-    missed box >= 30 % of it)."""
+    the queue) and ``under_a_queue_box`` (a box the queue points at covers >= 30 % of the
+    missed box, or the missed box >= 30 % of it)."""
     queued = [q for q in queue if q.get("status") == "ok"]
     by_name = {q["input"].rsplit("/", 1)[-1]: q for q in queued}
     missed = [(p["image"], m) for p in result["per_image"] for m in p["missed"]]
@@ -293,7 +311,7 @@ def review_hits(labels: list[LabelImage], result: dict, queue: list[dict]) -> di
             continue
         on_image += 1
         g = np.asarray(miss["box"], np.float32)
-        for b in item.get("boxes", ()):
+        for b in (b for b in item.get("boxes", ()) if b.get("queued", True)):
             q = np.array([b["x0"], b["y0"], b["x1"], b["y1"]], np.float32)
             inter = union_area(q[None], g)
             if inter >= MATCH_BLUR_COVERED * max(_area(g), _EPS) or \
@@ -333,6 +351,9 @@ def format_table(result: dict) -> str:
         lines.append("failed: " + ", ".join(f["image"] for f in im["failed_list"]))
     if im["missing"]:
         lines.append("MISSING: " + ", ".join(im["missing_list"]))
+    if "nested_pairs" in result:
+        lines.append(f"nested same-label box pairs (one object blurred twice): "
+                     f"{result['nested_pairs']}")
     if result.get("review"):
         r = result["review"]
         lines.append(f"review queue: {r['queued']} images ({_pct(r['share'])} of the evaluated); "
@@ -356,7 +377,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "the first manifest, when there): how many misses the queue points at")
     args = p.parse_args(argv)
     labels = load_labels(args.labels)
-    result = evaluate(labels, load_manifest(args.manifest), args.coverage)
+    records = load_manifest(args.manifest)
+    result = evaluate(labels, records, args.coverage)
+    result["nested_pairs"] = nested_pairs(records)
     first = (_expand(args.manifest) or [""])[0]
     review_path = args.review or os.path.join(os.path.dirname(first), "review.jsonl")
     if os.path.isfile(review_path):

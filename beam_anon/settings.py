@@ -72,7 +72,7 @@ class Settings:
     verify_rounds: int = 2                 # re-blur rounds (strength doubles each) before review
     verify_full_frame: bool = False        # also re-check full-frame tiles, not only blurred boxes
     review_band: float = 0.1               # detections in [threshold - band, threshold): review
-    review_just_below: float = 0.02        # ... queued alone when this close (beam_anon.review)
+    review_just_below: float = 0.005       # ... queued alone when this close (beam_anon.review)
     review_max_fraction: float = 0.0       # fill the queue with lower risks up to this share
     # output
     jpeg_quality: int = 95

@@ -2,7 +2,7 @@
 known boxes with and without the temporal step, and frames per second through the pipeline.
 
     python -m beam_anon.video_bench recall [--frames 40] [--fps 10] [--size 480x270]
-    python -m beam_anon.video_bench speed  [--frames 40] [--workers 1,2] [--every 1,3]
+    python -m beam_anon.video_bench speed  [--frames 40] [--workers 1,2] [--every 1,3] [--presets P,Q]
 
 ``recall``: the clip's frames are anonymized once (``Anonymizer.run``, default settings), then
 the temporal step is replayed on those detections for several memories and ``detect_every``
@@ -119,11 +119,13 @@ def _print_recall(rows, seconds, clip):
               f"| {lab.get('plate', 0):.3f} | {r['blurred_fraction']:.1%} |")
 
 
-def _pipeline_run(src: str, workers: int, every: int, frames: int) -> tuple[float, float, int]:
+def _pipeline_run(src: str, workers: int, every: int, frames: int,
+                  preset: str = "balanced") -> tuple[float, float, int]:
     """Wall seconds, CPU seconds (all processes of the run) and detector runs of one pipeline
-    run; with several workers the video is cut into one segment per worker."""
+    run with ``preset``; with several workers the video is cut into one segment per worker."""
     with tempfile.TemporaryDirectory() as out:
         cmd = [sys.executable, "-m", "pipelines.anonymize", "--input", src, "--output", out,
+               "--preset", preset, "--quiet",
                "--runner=FnApiRunner", f"--direct_num_workers={workers}",
                f"--video_detect_every={every}", "--video_segment_frames",
                str(-(-frames // workers) if workers > 1 else 0)]
@@ -164,6 +166,7 @@ def main(argv=None) -> int:
                    "(a camera jolt; 0: none) (default: %(default)s)")
     p.add_argument("--workers", default="1,2")
     p.add_argument("--every", default="1,3")
+    p.add_argument("--presets", default="balanced", help="speed: comma-separated presets")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     from beam_anon import models
@@ -187,17 +190,20 @@ def main(argv=None) -> int:
             print(f"clip: {clip.frames} frames, {clip.size[0]}x{clip.size[1]}; decode + encode "
                   f"floor {result['floor_fps']:.1f} frames/s")
             print(f"load average at the start: {os.getloadavg()[0]:.1f}")
-            print("| workers | detect_every | detector runs | wall s | frames/s | CPU s/frame |")
-            print("|---|---|---|---|---|---|")
-            for every in map(int, args.every.split(",")):
-                for workers in map(int, args.workers.split(",")):
-                    s, cpu, runs = _pipeline_run(clip.path, workers, every, clip.frames)
-                    result["runs"].append({"workers": workers, "detect_every": every,
-                                           "detector_runs": runs, "seconds": s,
-                                           "fps": clip.frames / s,
-                                           "cpu_per_frame": cpu / clip.frames})
-                    print(f"| {workers} | {every} | {runs} | {s:.1f} | {clip.frames / s:.3f} | "
-                          f"{cpu / clip.frames:.2f} |", flush=True)
+            print("| preset | workers | detect_every | detector runs | wall s | frames/s | "
+                  "CPU s/frame |")
+            print("|---|---|---|---|---|---|---|")
+            for preset in args.presets.split(","):
+                for every in map(int, args.every.split(",")):
+                    for workers in map(int, args.workers.split(",")):
+                        s, cpu, runs = _pipeline_run(clip.path, workers, every, clip.frames,
+                                                     preset)
+                        result["runs"].append({"preset": preset, "workers": workers,
+                                               "detect_every": every, "detector_runs": runs,
+                                               "seconds": s, "fps": clip.frames / s,
+                                               "cpu_per_frame": cpu / clip.frames})
+                        print(f"| {preset} | {workers} | {every} | {runs} | {s:.1f} | "
+                              f"{clip.frames / s:.3f} | {cpu / clip.frames:.2f} |", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

@@ -97,31 +97,23 @@ def _median(values):
 
 # --- one pipeline run, in a child process -------------------------------------------------
 
-def _child(argv: list[str]) -> None:
-    """Run the pipeline once; print one JSON line: wall and CPU seconds (this process and its
-    workers), peak RSS (MiB)."""
-    from pipelines.anonymize import main
-    start = time.perf_counter()
-    main(argv)
-    wall = time.perf_counter() - start
-    own, kids = (resource.getrusage(who) for who in (resource.RUSAGE_SELF,
-                                                     resource.RUSAGE_CHILDREN))
-    cpu = own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
-    print("BENCH " + json.dumps({"wall": wall, "cpu": cpu,
-                                 "rss_mb": max(own.ru_maxrss, kids.ru_maxrss) / 1024}))
-
-
 def run_pipeline(input_glob: str, output: str, extra: list[str], timeout: float) -> dict:
-    """One fresh-process pipeline run; returns wall, CPU, peak RSS and the manifest's records."""
+    """One ``python -m pipelines.anonymize`` process, timed whole as the peer's CLI is (start-up,
+    imports and model loading included): wall and CPU seconds (it and its workers), peak RSS
+    (MiB) of the largest process, and the manifest's records."""
     shutil.rmtree(output, ignore_errors=True)
-    argv = ["--input", input_glob, "--output", output, *extra]
-    proc = subprocess.run([sys.executable, "-m", "beam_anon.bench", "--_child", *argv],
-                          capture_output=True, text=True, timeout=timeout)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH ")]
-    if proc.returncode != 0 or not lines:
+    cmd = [sys.executable, "-m", "pipelines.anonymize", "--input", input_glob, "--output", output,
+           "--quiet", *extra]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
         raise RuntimeError(f"pipeline run failed (exit {proc.returncode}):\n"
                            f"{(proc.stderr or proc.stdout)[-3000:]}")
-    result = json.loads(lines[-1][6:])
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    result = {"wall": wall, "cpu": cpu, "rss_mb": after.ru_maxrss / 1024}
     with open(os.path.join(output, "manifest.jsonl")) as f:
         result["records"] = [json.loads(line) for line in f if line.strip()]
     return result
@@ -211,9 +203,6 @@ def _link_all(paths: list[str], folder: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["--_child"]:
-        _child(argv[1:])
-        return 0
     parser = argparse.ArgumentParser(prog="python -m beam_anon.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", help="glob of images (replaces the two sets)")

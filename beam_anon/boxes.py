@@ -198,6 +198,14 @@ def expand(dets: Detections, fraction: float, min_pixels: float = 0.0) -> Detect
     return dets.moved(dets.xyxy + pad)
 
 
+def at_least_tall(dets: Detections, fraction: float) -> Detections:
+    """Boxes less tall than ``fraction`` of their width grown vertically, about their centre, to
+    that height (widths unchanged). Not clipped: call :func:`clip` after."""
+    wh = dets.wh
+    grow = np.maximum(fraction * wh[:, 0] - wh[:, 1], 0) / 2
+    return dets.moved(dets.xyxy + np.stack([0 * grow, -grow, 0 * grow, grow], axis=1))
+
+
 def map_to_image(dets: Detections, offset_xy: Sequence[float], scale) -> Detections:
     """Map boxes found in a crop that was cut at ``offset_xy`` (pixels of the image) and then
     resized by ``scale`` (crop pixels per image pixel; one factor or ``(sx, sy)``) back to image

@@ -78,6 +78,9 @@ SETTINGS_HELP = {
     "blur_margin_fraction": "each face box grows by this fraction of its size per side before "
                             "blurring",
     "plate_margin_fraction": "each plate box grows by this fraction of its size per side",
+    "plate_min_height_fraction": "then each plate box is made at least this fraction of its "
+                                 "width tall, about its centre (a plate's frame and text rows "
+                                 "reach beyond the characters a detector boxes; 0 = off)",
     "blur_strength": "gaussian sigma / pixelate cell as a fraction of the box's long side",
     "verify": "verification pass: run the face and plate detectors again on the blurred boxes "
               "and their surroundings and blur what they still find, more strongly each round "

@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from beam_anon.boxes import (Detections, clip, expand, iou_matrix, merge_overlapping,
-                             merge_regions)
+from beam_anon.boxes import (Detections, at_least_tall, clip, expand, iou_matrix,
+                             merge_overlapping, merge_regions)
 from beam_anon.regions import Crop, int_box, scaled_tiles
 from beam_anon.settings import Settings
 
@@ -230,10 +230,13 @@ def cheap_looks(role: str, model: str, stage1: Detections, width: int, height: i
 
 def with_margins(found: Detections, settings: Settings) -> Detections:
     """Boxes grown by the blur margin of their role (``plate_margin_fraction`` for plates,
-    ``blur_margin_fraction`` for the rest), at least 1 pixel per side; not clipped."""
+    ``blur_margin_fraction`` for the rest), at least 1 pixel per side; plates then at least
+    ``plate_min_height_fraction`` of their width tall (detectors often box only the characters
+    of a plate whose frame and text rows reach further); not clipped."""
     plates = found.labels.astype(str) == "plate"
+    grown = expand(found[plates], settings.plate_margin_fraction, 1.0)
     return Detections.concat([expand(found[~plates], settings.blur_margin_fraction, 1.0),
-                              expand(found[plates], settings.plate_margin_fraction, 1.0)])
+                              at_least_tall(grown, settings.plate_min_height_fraction)])
 
 
 #: named settings; ``balanced`` is the default (the Settings defaults themselves)

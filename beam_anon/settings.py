@@ -65,6 +65,7 @@ class Settings:
     blur_mode: str = "gaussian"            # gaussian | pixelate | solid
     blur_margin_fraction: float = 0.15     # each box grows by this fraction of its size per side
     plate_margin_fraction: float = 0.3     # the same for plates (detectors box the characters)
+    plate_min_height_fraction: float = 0.5  # plates then at least this part of their width tall
     blur_strength: float = 0.25            # gaussian sigma / pixelate cell as a fraction of box size
     # verification pass and review queue (beam_anon.verify)
     verify: bool = True                    # re-detect on the blurred output, blur what survives

@@ -127,7 +127,11 @@ def test_margins_per_role():
     out = plan.with_margins(Detections(np.array([[0, 0, 100, 100], [0, 0, 100, 10]], np.float32),
                                        [1, 1], np.array(["face", "plate"], object)), s)
     np.testing.assert_allclose(out.with_label("face").xyxy[0], [-10, -10, 110, 110])
-    np.testing.assert_allclose(out.with_label("plate").xyxy[0], [-50, -5, 150, 15])
+    np.testing.assert_allclose(out.with_label("plate").xyxy[0], [-50, -45, 150, 55])
+    flat = plan.with_margins(Detections(np.array([[0, 0, 100, 10]], np.float32), [1],
+                                        np.array(["plate"], object)),
+                             s.replace(plate_min_height_fraction=0.0))
+    np.testing.assert_allclose(flat.xyxy[0], [-50, -5, 150, 15])
 
 
 def test_presets_are_settings_and_options_override_them():

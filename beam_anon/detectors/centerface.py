@@ -15,7 +15,7 @@ import numpy as np
 
 from beam_anon import runtime
 from beam_anon.boxes import Detections
-from beam_anon.detectors import Detector
+from beam_anon.detectors.base import Detector
 
 INPUT = "input.1"
 OUTPUTS = ("537", "538", "539", "540")   # heatmap, scale, offset, landmarks

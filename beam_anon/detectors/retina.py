@@ -15,7 +15,7 @@ import numpy as np
 
 from beam_anon import runtime
 from beam_anon.boxes import Detections
-from beam_anon.detectors import Detector
+from beam_anon.detectors.base import Detector
 
 MEAN = np.array([104, 117, 123], np.float32)
 STEPS = (8, 16, 32)

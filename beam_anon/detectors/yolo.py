@@ -25,7 +25,7 @@ import numpy as np
 
 from beam_anon import runtime
 from beam_anon.boxes import Detections
-from beam_anon.detectors import Detector
+from beam_anon.detectors.base import Detector
 
 #: anchors kept (best scores first) before NMS, to bound the cost at very low thresholds
 MAX_CANDIDATES = 3000

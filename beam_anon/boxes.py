@@ -127,17 +127,40 @@ class Detections:
                    [r.get("models", ()) for r in records])
 
 
+def areas(xyxy: np.ndarray) -> np.ndarray:
+    """(N,) areas in square pixels of an (N, 4) xyxy array (0 for inverted boxes)."""
+    return np.prod(np.clip(xyxy[:, 2:] - xyxy[:, :2], 0, None), axis=1)
+
+
+def intersections(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N, M) intersection areas in square pixels of xyxy arrays a (N, 4) and b (M, 4)."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    return np.prod(np.clip(rb - lt, 0, None), axis=2)
+
+
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Pairwise IoU of xyxy arrays a (N, 4) and b (M, 4) -> (N, M)."""
     a = np.asarray(a, np.float32).reshape(-1, 4)
     b = np.asarray(b, np.float32).reshape(-1, 4)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=1)
-    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=1)
-    union = area_a[:, None] + area_b[None, :] - inter
+    inter = intersections(a, b)
+    union = areas(a)[:, None] + areas(b)[None, :] - inter
     return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
+
+
+def covered_fraction(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N, M) fraction of each box in ``a`` that lies inside each box in ``b`` (xyxy arrays)."""
+    return intersections(a, b) / np.maximum(areas(a)[:, None], 1e-9)
+
+
+def nested(xyxy: np.ndarray, inside: float = 0.5) -> np.ndarray:
+    """(N, N) True where more than ``inside`` of the smaller of two boxes lies inside the other
+    (one object boxed twice); the diagonal is False."""
+    area = areas(xyxy)
+    out = intersections(xyxy, xyxy) > inside * np.maximum(
+        np.minimum(area[:, None], area[None, :]), 1e-9)
+    np.fill_diagonal(out, False)
+    return out
 
 
 def _greedy_clusters(dets: Detections, iou_threshold: float):
@@ -203,7 +226,8 @@ def at_least_tall(dets: Detections, fraction: float) -> Detections:
     that height (widths unchanged). Not clipped: call :func:`clip` after."""
     wh = dets.wh
     grow = np.maximum(fraction * wh[:, 0] - wh[:, 1], 0) / 2
-    return dets.moved(dets.xyxy + np.stack([0 * grow, -grow, 0 * grow, grow], axis=1))
+    zero = np.zeros_like(grow)
+    return dets.moved(dets.xyxy + np.stack([zero, -grow, zero, grow], axis=1))
 
 
 def map_to_image(dets: Detections, offset_xy: Sequence[float], scale) -> Detections:
@@ -308,15 +332,9 @@ def merge_objects(dets: Detections, inside: float = 0.5) -> Detections:
         changed = True
         while changed and len(boxes) > 1:
             changed = False
-            lt = np.maximum(boxes[:, None, :2], boxes[None, :, :2])
-            rb = np.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
-            inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-            area = np.prod(np.clip(boxes[:, 2:] - boxes[:, :2], 0, None), axis=1)
-            smaller = np.minimum(area[:, None], area[None, :])
-            nested = inter > inside * np.maximum(smaller, 1e-9)
-            np.fill_diagonal(nested, False)
-            if nested.any():
-                i, j = np.argwhere(nested)[0]
+            pairs = nested(boxes, inside)
+            if pairs.any():
+                i, j = np.argwhere(pairs)[0]
                 boxes[i] = np.concatenate([np.minimum(boxes[i, :2], boxes[j, :2]),
                                            np.maximum(boxes[i, 2:], boxes[j, 2:])])
                 scores[i] = max(scores[i], scores[j])

@@ -34,7 +34,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from beam_anon.boxes import Detections
+from beam_anon.boxes import Detections, nested
 
 CLASSES = ("face", "plate")
 SIZE_BUCKETS = (("<16", 0.0, 16.0), ("16-31", 16.0, 32.0), (">=32", 32.0, float("inf")))
@@ -286,12 +286,7 @@ def nested_pairs(records: list[dict]) -> int:
             continue
         boxes = Detections.from_records(rec.get("boxes") or [])
         for label in set(boxes.labels.astype(str)):
-            b = boxes.with_label(label).xyxy
-            lt = np.maximum(b[:, None, :2], b[None, :, :2])
-            inter = np.prod(np.clip(np.minimum(b[:, None, 2:], b[None, :, 2:]) - lt, 0, None), 2)
-            area = np.prod(b[:, 2:] - b[:, :2], axis=1)
-            nested = inter > 0.5 * np.minimum(area[:, None], area[None, :])
-            count += int(np.triu(nested, 1).sum())
+            count += int(np.triu(nested(boxes.with_label(label).xyxy), 1).sum())
     return count
 
 

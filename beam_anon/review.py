@@ -17,9 +17,7 @@ all images (queued ones are never dropped). Boxes are xyxy pixels, as in the man
 """
 from __future__ import annotations
 
-import numpy as np
-
-from beam_anon.boxes import Detections
+from beam_anon.boxes import Detections, covered_fraction
 
 FAILED = "failed"
 VERIFY_SURVIVED = "verify_survived"
@@ -30,15 +28,6 @@ WORDS = {FAILED: "failed: nothing was written",
          VERIFY_SURVIVED: "still detected after the last re-blur round",
          VERIFY_REBLURRED: "verification found something and blurred it (again)",
          NEAR_THRESHOLD: "not blurred: scored just below its threshold"}
-
-
-def covered_fraction(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(N, M) fraction of each box in ``a`` that lies inside each box in ``b`` (xyxy arrays)."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=1)
-    return inter / np.maximum(area[:, None], 1e-9)
 
 
 def unblurred(near: Detections, boxes: Detections) -> Detections:

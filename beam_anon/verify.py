@@ -27,7 +27,8 @@ import numpy as np
 
 from beam_anon import looks, plan, review
 from beam_anon.blur import blur_boxes
-from beam_anon.boxes import Detections, clip, expand, fuse, map_to_image, merge_objects
+from beam_anon.boxes import (Detections, clip, covered_fraction, expand, fuse, map_to_image,
+                             merge_objects)
 from beam_anon.regions import Crop, int_box, scaled_tiles
 
 CONTEXT_FRACTION = 0.5     # context around a blurred region when it is re-checked, per side
@@ -109,12 +110,12 @@ def verify_blur(anonymizer, image: np.ndarray, boxes: Detections,
     while len(hits) and rounds < settings.verify_rounds:
         rounds += 1
         targets = clip(plan.with_margins(hits, settings), width, height)
-        overlapped = (review.covered_fraction(boxes.xyxy, targets.xyxy).max(axis=1) > 0
+        overlapped = (covered_fraction(boxes.xyxy, targets.xyxy).max(axis=1) > 0
                       if len(boxes) else np.zeros(0, bool))
         strength = settings.blur_strength * 2 ** rounds
         image = blur_boxes(image, Detections.concat([boxes[overlapped], targets]),
                            settings.blur_mode, strength)
-        new = (review.covered_fraction(targets.xyxy, boxes.xyxy).max(axis=1) < COVERED_FRACTION
+        new = (covered_fraction(targets.xyxy, boxes.xyxy).max(axis=1) < COVERED_FRACTION
                if len(boxes) else np.ones(len(targets), bool))
         merged = merge_objects(Detections.concat([boxes, targets[new]]))
         grown = merged[~_among(merged.xyxy, boxes.xyxy)]  # unions of nested boxes: blur them

@@ -4,7 +4,7 @@ import io
 import numpy as np
 
 from beam_anon import progress, review
-from beam_anon.boxes import Detections, merge_objects
+from beam_anon.boxes import Detections, covered_fraction, merge_objects
 from beam_anon.manifest import ManifestRecord
 from beam_anon.settings import Settings
 
@@ -31,7 +31,7 @@ def test_nested_and_chained_boxes_become_one_object_each():
     assert faces.models(int(np.flatnonzero(faces.xyxy[:, 2] == 290)[0])) == ["a", "b"]
     assert len(out.with_label("plate")) == 1
     # no pair of one label left where more than half of the smaller lies inside the other
-    cov = review.covered_fraction(faces.xyxy, faces.xyxy)
+    cov = covered_fraction(faces.xyxy, faces.xyxy)
     np.fill_diagonal(cov, 0)
     assert (cov <= 0.5).all()
 

@@ -1,16 +1,19 @@
 """Throughput benchmark: every preset through the real pipeline against the real peer, in one run.
 
     python -m beam_anon.bench [--presets fast,balanced,thorough] [--repeat R]
-                              [--sets dashcam,mixed,startup] [--images GLOB] [--no-peer]
+                              [--sets dashcam,hd,mixed,startup] [--images GLOB] [--no-peer]
                               [--json FILE]
     python -m beam_anon.bench --models     # each model alone, every variant, one 1280x720 frame
 
 Image sets (``--images`` replaces them):
 
-* ``dashcam``: every 1280x720 image of the devset (``../shared/devset`` or
-  ``$BEAM_ANON_DEVSET``: 22 street and car photos and a dashcam frame), ``--copies`` (10) times
-  over, so that a run measures throughput on a dataset rather than start-up; without the devset,
-  1280x720 frames cut from the sample photos (``beam_anon.models.fetch_samples``);
+* ``dashcam``: the devset's raw dashcam frames (``dashcam_*``: 1280x720 with 8 cars and 2
+  pedestrians, 1920x1080 with a street of parked cars), ``--frame_copies`` (50) times over: the
+  many-vehicle frames the project is for, where the plate looks cost most;
+* ``hd``: every 1280x720 image of the devset (``../shared/devset`` or ``$BEAM_ANON_DEVSET``: 22
+  street and car photos and a dashcam frame), ``--copies`` (10) times over, so that a run
+  measures throughput on a dataset rather than start-up; without the devset (both sets), 1280x720
+  frames cut from the sample photos (``beam_anon.models.fetch_samples``);
 * ``mixed``: the devset's two dashcam frames plus ``--limit`` devset images spread evenly over
   its sorted file list (346x259 to 1280x1280, crowds, cars), or the sample photos;
 * ``startup``: one 1280x720 image, so the fixed cost of a run (imports, Beam's worker
@@ -68,7 +71,14 @@ def default_images(limit: int) -> list[str]:
     return dashcam + rest
 
 
-def dashcam_images(work_dir: str) -> list[str]:
+def dashcam_frames(work_dir: str) -> list[str]:
+    """The devset's raw dashcam frames, else :func:`hd_images`."""
+    root = devset_dir()
+    frames = sorted(glob.glob(os.path.join(root, "images", "dashcam_*"))) if root else []
+    return frames or hd_images(work_dir)
+
+
+def hd_images(work_dir: str) -> list[str]:
     """1280x720 images: the devset's, else frames cut from the sample photos into ``work_dir``."""
     import cv2
 
@@ -252,11 +262,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m beam_anon.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", help="glob of images (replaces the two sets)")
-    parser.add_argument("--sets", default="dashcam,mixed,startup")
+    parser.add_argument("--sets", default="dashcam,hd,mixed,startup")
     parser.add_argument("--presets", default=",".join(PRESETS))
     parser.add_argument("--limit", type=int, default=0,
                         help="devset images in the mixed set besides the dashcam frames (0: all)")
-    parser.add_argument("--copies", type=int, default=10, help="copies of the dashcam set")
+    parser.add_argument("--copies", type=int, default=10, help="copies of the hd set")
+    parser.add_argument("--frame_copies", type=int, default=50, help="copies of the dashcam set")
     parser.add_argument("--repeat", type=int, default=3, help="runs per configuration")
     parser.add_argument("--no-peer", dest="peer", action="store_false")
     parser.add_argument("--models_dir", default=None)
@@ -267,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if args.models:
         with tempfile.TemporaryDirectory(prefix="beam_anon_bench_") as tmp:
-            frame = dashcam_images(tmp)[0]
+            frame = hd_images(tmp)[0]
             print(model_report(model_times(frame, max(args.repeat, 5), args.models_dir), frame))
         return 0
     if args.models_dir:
@@ -282,13 +293,16 @@ def main(argv: list[str] | None = None) -> int:
         else:
             sets = {}
             if "dashcam" in args.sets:
-                hd = dashcam_images(tmp) * args.copies
-                sets["dashcam"] = (hd, f"1280x720, {len(hd) // args.copies} images x "
-                                       f"{args.copies}")
+                frames = dashcam_frames(tmp)
+                sets["dashcam"] = (frames * args.frame_copies, f"raw dashcam frames, "
+                                   f"{len(frames)} x {args.frame_copies}")
+            if "hd" in args.sets:
+                hd = hd_images(tmp) * args.copies
+                sets["hd"] = (hd, f"1280x720, {len(hd) // args.copies} images x {args.copies}")
             if "mixed" in args.sets:
                 sets["mixed"] = (default_images(args.limit), "2 dashcam frames + devset spread")
             if "startup" in args.sets:
-                sets["startup"] = (dashcam_images(tmp)[:1], "one 1280x720 image: start-up cost")
+                sets["startup"] = (hd_images(tmp)[:1], "one 1280x720 image: start-up cost")
         for name, (paths, describe) in sets.items():
             glob_ = _link_all(paths, os.path.join(tmp, name))
             res = results[name] = {"images": len(paths), "describe": describe, "peer": {},

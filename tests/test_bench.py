@@ -23,14 +23,17 @@ def test_default_images_spread_over_the_devset(tmp_path, monkeypatch):
     assert len(bench.default_images(0)) == 22
 
 
-def test_dashcam_set_is_the_1280x720_images(tmp_path, monkeypatch):
+def test_hd_set_is_the_1280x720_images_and_dashcam_set_the_raw_frames(tmp_path, monkeypatch):
     images = tmp_path / "images"
     images.mkdir()
     import numpy as np
     cv2.imwrite(str(images / "a.jpg"), np.zeros((720, 1280, 3), np.uint8))
     cv2.imwrite(str(images / "b.jpg"), np.zeros((700, 1280, 3), np.uint8))
     monkeypatch.setenv("BEAM_ANON_DEVSET", str(tmp_path))
-    assert [os.path.basename(p) for p in bench.dashcam_images(str(tmp_path))] == ["a.jpg"]
+    assert [os.path.basename(p) for p in bench.hd_images(str(tmp_path))] == ["a.jpg"]
+    assert bench.dashcam_frames(str(tmp_path)) == bench.hd_images(str(tmp_path))  # no frames
+    cv2.imwrite(str(images / "dashcam_1.jpg"), np.zeros((1080, 1920, 3), np.uint8))
+    assert [os.path.basename(p) for p in bench.dashcam_frames(str(tmp_path))] == ["dashcam_1.jpg"]
 
 
 @pytest.mark.models

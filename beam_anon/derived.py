@@ -2,7 +2,8 @@
 
 A registry entry's ``derived`` maps a variant (``fixed``, ``int8``; see ``beam_anon.runtime``) to
 its recipe: ``file`` (under the model's folder), ``from`` (``original`` or another variant),
-``fixes`` (``beam_anon.graphs.apply_fixes`` strings) and, for ``int8``, ``float_from_op`` (the
+``convert`` (optional: the name of a :data:`CONVERTERS` entry that turns a non-ONNX source, a
+TensorFlow frozen graph or a TF.js graph, into ONNX first), ``fixes`` (``beam_anon.graphs.apply_fixes`` strings) and, for ``int8``, ``float_from_op`` (the
 op type from which the head decodes boxes and stays float), ``float_first_nodes`` (how many
 nodes at the input stay float: the first convolutions see the fine detail of small faces) and
 ``float_output_nodes`` (the nodes producing the graph's outputs stay float). ``sha256`` is the reference digest
@@ -108,6 +109,29 @@ def calibration_images(paths: Sequence[str]) -> list[np.ndarray]:
     return out
 
 
+#: converters from other model formats to ONNX, by the name a recipe's ``convert`` gives:
+#: ``"module:function"``, the function taking the source file's path and returning an
+#: ``onnx.ModelProto`` (imported only when a recipe needs it: TensorFlow is slow to import)
+CONVERTERS: dict[str, str] = {
+    "tf_frozen_graph": "beam_anon.convert.tf_frozen_graph:to_onnx",
+    "tfjs_graph": "beam_anon.convert.tfjs_graph:to_onnx",
+}
+
+
+def _load_source(path: str, convert: str | None):
+    """The ONNX model of a recipe's source: the file itself, or the named converter's result."""
+    import importlib
+
+    import onnx
+
+    if not convert:
+        return onnx.load(path)
+    if convert not in CONVERTERS:
+        raise DerivedError(f"unknown converter {convert!r}; known: {', '.join(CONVERTERS)}")
+    module, function = CONVERTERS[convert].split(":")
+    return getattr(importlib.import_module(module), function)(path)
+
+
 def produce(entry: dict, root: str, samples: Sequence[str], variant: str) -> dict:
     """Make ``variant`` of ``entry`` under ``root`` (its verified archive files) from its
     recipe, atomically, with its provenance record; returns the record. ``samples``: the
@@ -122,7 +146,8 @@ def produce(entry: dict, root: str, samples: Sequence[str], variant: str) -> dic
     source = recipe.get("from", "original")
     src_path = (os.path.join(root, entry["main_file"]) if source == "original"
                 else verified_file(entry, root, source))
-    model = graphs.apply_fixes(onnx.load(src_path), recipe.get("fixes", []))
+    model = graphs.apply_fixes(_load_source(src_path, recipe.get("convert")),
+                               recipe.get("fixes", []))
     target = os.path.join(root, recipe["file"])
     os.makedirs(os.path.dirname(target), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".part-", suffix=".onnx")

@@ -1,4 +1,10 @@
-"""Package for local use and for Dataflow workers (``--setup_file ./setup.py``)."""
+"""Package for local use and for Dataflow workers (``--setup_file ./setup.py``).
+
+Installs one top-level package, ``beam_anon``, and the ``beam-anon`` command. The repository's
+``models/`` folder (registry.json, the project's own weights) is installed as
+``beam_anon.registry``; ``pipelines/`` (``python -m pipelines.anonymize``) stays in the
+repository only.
+"""
 from setuptools import find_packages, setup
 
 setup(
@@ -6,8 +12,10 @@ setup(
     version="0.1.0",
     description="Blur faces and licence plates in image datasets with Apache Beam",
     python_requires=">=3.11,<3.12",
-    packages=find_packages(include=["beam_anon", "beam_anon.*", "models", "pipelines"]),
-    package_data={"models": ["registry.json"]},
+    packages=find_packages(include=["beam_anon", "beam_anon.*"]) + ["beam_anon.registry"],
+    package_dir={"beam_anon.registry": "models"},
+    package_data={"beam_anon.registry": ["registry.json", "own/*.onnx", "own/*.json"]},
+    entry_points={"console_scripts": ["beam-anon = beam_anon.cli:main"]},
     install_requires=[
         "apache-beam[gcp,tfrecord]==2.77.0",
         "tensorflow-cpu==2.21.0",

@@ -19,7 +19,7 @@ Image sets (``--images`` replaces them):
 * ``startup``: one 1280x720 image, so the fixed cost of a run (imports, Beam's worker
   processes, model loading; deface's imports and model loading) shows on its own.
 
-Every pipeline run is a fresh ``python -m pipelines.anonymize --preset P`` process with the CLI's
+Every pipeline run is a fresh ``python -m beam_anon.cli --preset P`` process with the CLI's
 local default (FnApiRunner, one worker process per core), start-up and model loading included.
 The peer is the real ``deface`` 1.5.0 CLI (``beam_anon.peer``) with both backends on the same
 images; the faster one counts. Printed, medians over ``--repeat`` runs: images/s, CPU seconds per
@@ -113,11 +113,11 @@ def _median(values):
 # --- one pipeline run, in a child process -------------------------------------------------
 
 def run_pipeline(input_glob: str, output: str, extra: list[str], timeout: float) -> dict:
-    """One ``python -m pipelines.anonymize`` process, timed whole as the peer's CLI is (start-up,
+    """One ``python -m beam_anon.cli`` process, timed whole as the peer's CLI is (start-up,
     imports and model loading included): wall and CPU seconds (it and its workers) and the
     manifest's records."""
     shutil.rmtree(output, ignore_errors=True)
-    cmd = [sys.executable, "-m", "pipelines.anonymize", "--input", input_glob, "--output", output,
+    cmd = [sys.executable, "-m", "beam_anon.cli", "--input", input_glob, "--output", output,
            "--quiet", *extra]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()

@@ -1,6 +1,8 @@
 """Blur every face and licence plate in a folder of JPEG/PNG images.
 
-    python -m pipelines.anonymize --input '/data/photos/**.jpg' --output /data/anon [options]
+    beam-anon --input '/data/photos/**.jpg' --output /data/anon [options]
+
+(the same: ``python -m beam_anon.cli``; in the repository also ``python -m pipelines.anonymize``).
 
 Writes ``OUTPUT/<path relative to the input glob's directory>`` for every image anonymized, and
 ``OUTPUT/manifest.jsonl`` with one record per input (schema: ``beam_anon.manifest``). Images that
@@ -87,7 +89,7 @@ def _local_abs(path: str | None) -> str | None:
 def _check(opts: AnonymizeOptions) -> None:
     """Refuse what would silently do harm; raises SystemExit with a clear message."""
     if not opts.input or not opts.output:
-        raise SystemExit("pipelines.anonymize: --input GLOB and --output DIR are required "
+        raise SystemExit("beam-anon: --input GLOB and --output DIR are required "
                          "(see --help)")
     out = opts.output.rstrip("/") + "/"
     if out == glob_prefix(opts.input):
@@ -185,7 +187,7 @@ def main(argv: list[str] | None = None, anonymizer_factory=None):
     """Run the pipeline; returns the Beam PipelineResult (after it finished, when the runner
     waits). ``anonymizer_factory`` replaces the real models (tests only)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="python -m pipelines.anonymize", description=__doc__,
+    parser = argparse.ArgumentParser(prog="beam-anon", description=__doc__,
                                      allow_abbrev=False,  # --region is not --region_padding...
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     AnonymizeOptions._add_argparse_args(parser)

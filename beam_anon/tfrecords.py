@@ -277,7 +277,7 @@ def _csv(text: str) -> tuple[str, ...]:
 
 
 class TFRecordOptions(beam.options.pipeline_options.PipelineOptions):
-    """Options of ``pipelines.anonymize`` for ``--input_format tfrecord``."""
+    """Options of ``beam-anon`` (``beam_anon.cli``) for ``--input_format tfrecord``."""
 
     @classmethod
     def _add_argparse_args(cls, parser):

@@ -9,7 +9,7 @@ the temporal step is replayed on those detections for several memories and ``det
 values (detection on a subset of frames = the same per-frame boxes, fewer of them). A known box
 counts as covered in a frame when the blurred boxes cover >= 70 % of it (as
 ``beam_anon.evaluate``); only boxes >= 80 % inside the frame count. ``speed``: whole pipeline
-runs (``python -m pipelines.anonymize``, FnApiRunner, fresh process each), frames/s by wall
+runs (``python -m beam_anon.cli``, FnApiRunner, fresh process each), frames/s by wall
 clock including model loading, and CPU seconds per frame of all the run's processes (the figure
 that does not depend on what else the machine runs); and the decode + encode floor in one
 process.
@@ -124,7 +124,7 @@ def _pipeline_run(src: str, workers: int, every: int, frames: int,
     """Wall seconds, CPU seconds (all processes of the run) and detector runs of one pipeline
     run with ``preset``; with several workers the video is cut into one segment per worker."""
     with tempfile.TemporaryDirectory() as out:
-        cmd = [sys.executable, "-m", "pipelines.anonymize", "--input", src, "--output", out,
+        cmd = [sys.executable, "-m", "beam_anon.cli", "--input", src, "--output", out,
                "--preset", preset, "--quiet",
                "--runner=FnApiRunner", f"--direct_num_workers={workers}",
                f"--video_detect_every={every}", "--video_segment_frames",

@@ -129,7 +129,7 @@ class AnonymizeVideos(beam.PTransform):
 # --- command line -------------------------------------------------------------------------------
 
 class VideoOptions(PipelineOptions):
-    """Options of ``pipelines.anonymize`` for videos (``--input_format video``, or an
+    """Options of ``beam-anon`` for videos (``--input_format video``, or an
     ``--input`` ending in a video extension)."""
 
     @classmethod

@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/python -m beam_anon.models samples --dest out/demo-input
-exec .venv/bin/python -m pipelines.anonymize --input 'out/demo-input/*.jpg' --output out/demo "$@"
+exec .venv/bin/beam-anon --input 'out/demo-input/*.jpg' --output out/demo "$@"

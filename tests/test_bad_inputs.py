@@ -16,7 +16,7 @@ from beam_anon.boxes import Detections
 from beam_anon.image_io import decode
 from tests.badinputs import BIG_SIZE, FACE_SIZE, SECRETS, face_picture, make_corpus
 from tests.test_pipeline import _manifest
-from pipelines import anonymize as cli
+from beam_anon import cli
 
 pytestmark = [pytest.mark.models, pytest.mark.slow]
 DETECT_MAX_PIXELS = 1_000_000  # the 48 MP picture is searched at 1155 x 866 (test time)

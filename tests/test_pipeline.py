@@ -20,7 +20,7 @@ from beam_anon.image_io import decode, encode
 from beam_anon.manifest import ManifestRecord
 from beam_anon.regions import Crop
 from beam_anon.settings import Settings
-from pipelines import anonymize as cli
+from beam_anon import cli
 
 RUNNER = "--runner=FnApiRunner"
 

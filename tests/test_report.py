@@ -17,7 +17,7 @@ from PIL import Image
 
 from beam_anon import report
 from beam_anon.manifest import ManifestRecord
-from pipelines import anonymize as cli
+from beam_anon import cli
 
 DATA_URI = re.compile(r'src="data:image/jpeg;base64,([A-Za-z0-9+/=]+)"')
 

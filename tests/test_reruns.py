@@ -30,7 +30,7 @@ class SlowLoggingAnonymizer(FakeAnonymizer):
 
 
 def main():  # the CLI with the slow stand-in; run as a subprocess by the test
-    from pipelines import anonymize
+    from beam_anon import cli as anonymize
     anonymize.main(sys.argv[1:], anonymizer_factory=lambda s, m: SlowLoggingAnonymizer())
 
 

@@ -46,7 +46,7 @@ def _env() -> dict:
 
 
 def _run_cli(args: list[str], timeout: float) -> None:
-    proc = subprocess.run([sys.executable, "-m", "pipelines.anonymize", *args], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "beam_anon.cli", *args], cwd=ROOT,
                           env=_env(), capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
 

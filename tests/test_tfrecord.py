@@ -18,7 +18,7 @@ from beam_anon import tfrecord_reader, tfrecords
 from beam_anon.boxes import Detections
 from beam_anon.image_io import apply_orientation, decode, encode
 from beam_anon.settings import Settings
-from pipelines import anonymize as cli
+from beam_anon import cli
 from test_pipeline import FakeAnonymizer, _manifest, fake_factory  # fake: blacks the centre out
 
 tf = pytest.importorskip("tensorflow")

@@ -15,7 +15,7 @@ from beam_anon import video_io
 from beam_anon.evaluate import union_area
 from beam_anon.settings import Settings
 from beam_anon.video_sample import SECRETS, is_shaken, make_clip, visible
-from pipelines import anonymize as cli
+from beam_anon import cli
 from tests.videofakes import blurred, read_sidecar
 
 pytestmark = [pytest.mark.models, pytest.mark.slow]

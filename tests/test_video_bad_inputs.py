@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from beam_anon.video_sample import write_video
-from pipelines import anonymize as cli
+from beam_anon import cli
 from tests.videofakes import leftovers, marker_frames
 
 pytestmark = [pytest.mark.models, pytest.mark.slow]

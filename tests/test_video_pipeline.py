@@ -17,7 +17,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_anon import video_io
 from beam_anon.video_sample import SECRETS, write_video
-from pipelines import anonymize as cli
+from beam_anon import cli
 from beam_anon.evaluate import union_area
 from tests.videofakes import blurred, leftovers, marker_factory, marker_frames, read_sidecar
 

@@ -1,0 +1,6 @@
+"""``python -m pipelines.anonymize`` from the repository: the ``beam-anon`` command
+(:mod:`beam_anon.cli`, where the CLI lives; this folder is not installed)."""
+from beam_anon.cli import main
+
+if __name__ == "__main__":
+    main()

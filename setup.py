@@ -26,5 +26,6 @@ setup(
         "onnx==1.23.2",
         "pillow==12.3.0",
         "av==18.1.0",
+        "ai-edge-litert==2.3.0",
     ],
 )

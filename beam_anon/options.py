@@ -20,6 +20,9 @@ SETTINGS_HELP = {
                     "(no vehicle or person looks then; full-frame looks and zooms still run)",
     "face_models": "comma-separated face detectors (registry names); all run, boxes are unioned",
     "plate_models": "comma-separated licence-plate detectors (registry names)",
+    "model_specs": "a detector of your own (TF SavedModel, TFLite, ONNX), described by the JSON "
+                   "spec FILE (README: your own detector); its name is then usable in "
+                   "--face_models, --plate_models or --stage1_model; repeatable",
     "precision": "model files that run: int8 (INT8 variants where kept, made at fetch), float "
                  "(graph-fixed float files), original (the archives' files as shipped)",
     "device": "auto (CUDA when onnxruntime-gpu sees a GPU, else CPU) | cpu | cuda",
@@ -124,6 +127,10 @@ def _tuple_of(item):
 
 
 def _field_argument(parser, f: dataclasses.Field) -> None:
+    if f.name == "model_specs":  # files on the command line; their checked contents in Settings
+        parser.add_argument("--model_spec", action="append", default=None, metavar="FILE",
+                            help=SETTINGS_HELP[f.name])
+        return
     default = f.default
     kw = {"default": None,
           "help": f"{SETTINGS_HELP[f.name]} (balanced: {_show(default) or 'none'})"}
@@ -152,15 +159,39 @@ def add_settings_arguments(parser) -> None:
         _field_argument(parser, f)
 
 
+def _with_specs(changes: dict, spec_files, preset_name: str) -> None:
+    """Read and check the ``--model_spec`` files (``beam_anon.user_models``) into
+    ``changes["model_specs"]``; a spec's ``threshold`` becomes its model's entry in
+    ``model_thresholds`` (and ``stage1_threshold`` for the stage-1 model) unless given there."""
+    import json
+
+    from beam_anon.user_models import read_spec
+
+    specs = tuple(read_spec(path) for path in spec_files)
+    changes["model_specs"] = tuple(changes.get("model_specs", ())) + specs
+    for entry in map(json.loads, specs):
+        name, threshold = entry["name"], entry["threshold"]
+        thresholds = changes.get("model_thresholds", PRESETS[preset_name].get(
+            "model_thresholds", Settings.model_thresholds))
+        if threshold is None or any(t.partition("=")[0].strip() == name for t in thresholds):
+            continue
+        changes["model_thresholds"] = tuple(thresholds) + (f"{name}={threshold}",)
+        if changes.get("stage1_model") == name and "stage1_threshold" not in changes:
+            changes["stage1_threshold"] = threshold
+
+
 def settings_from(values: dict) -> Settings:
     """The Settings of ``values["preset"]`` with every field given in ``values`` (not None)
-    applied on top. Tuple fields accept a comma string or a sequence; ``none`` for stage 1."""
+    applied on top. Tuple fields accept a comma string or a sequence; ``none`` for stage 1.
+    ``values["model_spec"]``: spec files (``--model_spec``), read and checked here."""
     changes = {}
     for f in dataclasses.fields(Settings):
         value = values.get(f.name)
         if value is None:
             continue
-        if isinstance(f.default, tuple):
+        if f.name == "model_specs":
+            value = tuple(value)
+        elif isinstance(f.default, tuple):
             item = float if "float" in str(f.type) else int if "int" in str(f.type) else str
             if isinstance(value, str):
                 value = value.split(",")
@@ -168,4 +199,6 @@ def settings_from(values: dict) -> Settings:
         elif f.name == "stage1_model" and str(value).lower() == "none":
             value = None
         changes[f.name] = value
+    if values.get("model_spec"):
+        _with_specs(changes, values["model_spec"], values.get("preset") or "balanced")
     return preset(values.get("preset") or "balanced", **changes)

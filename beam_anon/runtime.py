@@ -7,6 +7,8 @@ archive), ``fixed`` (graph-fixed at fetch, same outputs; ``beam_anon.graphs``) o
 :func:`session` for an onnxruntime session of the variant chosen by ``Settings.precision``.
 Devices: ``cpu``, ``cuda`` (onnxruntime's CUDA provider; needs ``onnxruntime-gpu``), ``auto``
 (CUDA when the provider is present, else CPU). Never Azure, whatever onnxruntime lists first.
+Detectors of the user's own (``--model_spec``) may also be TensorFlow SavedModels
+(:func:`saved_model`) and TFLite files (:func:`tflite`), with the same threads per model.
 """
 from __future__ import annotations
 
@@ -52,6 +54,30 @@ def session(model, device: str = "auto"):
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     return ort.InferenceSession(model, sess_options=options, providers=providers(device))
+
+
+def saved_model(path: str):
+    """A TensorFlow SavedModel loaded with ``tf.saved_model.load`` (no object_detection
+    package needed), TensorFlow's intra-op threads from :func:`threads` (when it has not
+    started yet: the setting is process-wide)."""
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads())
+        tf.config.threading.set_inter_op_parallelism_threads(1 if threads() else 0)
+    except RuntimeError:  # TensorFlow already initialised in this process: keeps its setting
+        pass
+    return tf.saved_model.load(path)
+
+
+def tflite(path: str):
+    """A LiteRT (``ai-edge-litert``) interpreter for the .tflite file ``path``, tensors
+    allocated, threads from :func:`threads` (0: the runtime's default)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=path, num_threads=threads() or None)
+    interpreter.allocate_tensors()
+    return interpreter
 
 
 def model_file(spec: dict, model_dir: str, variant: str) -> str:

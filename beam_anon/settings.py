@@ -18,6 +18,9 @@ class Settings:
     stage1_model: str | None = "yolov8n-coco"
     face_models: tuple[str, ...] = ("centerface",)
     plate_models: tuple[str, ...] = ("platedet-yolov8s", "clpdet")
+    # detectors of the user's own, named like registry models above: each a checked spec as
+    # JSON, with its files' sha256 (--model_spec FILE; beam_anon.user_models)
+    model_specs: tuple[str, ...] = ()
     # runtime (beam_anon.runtime): int8 | float | original model files; auto | cpu | cuda
     precision: str = "int8"
     device: str = "auto"

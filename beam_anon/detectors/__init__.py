@@ -1,8 +1,10 @@
 """Detector contract: a loaded model that turns one BGR image into ``Detections``.
 
-Every family module in this package (``yolo``, ``centerface``, ``yunet``, ``retina``) provides a
-class with the contract of :class:`beam_anon.detectors.base.Detector`, built from a registry
-entry (see ``beam_anon.models``) and a local weight path by :func:`build_detector`.
+Every family module in this package (``yolo``, ``centerface``, ``yunet``, ``retina``; for the
+user's own detectors of ``--model_spec``: ``ssd`` (ONNX) and ``tf_ssd`` (SavedModel, TFLite))
+provides a class with the contract of :class:`beam_anon.detectors.base.Detector`, built from a
+registry entry (see ``beam_anon.models``; a spec's, see ``user_spec``) and a local weight path
+by :func:`build_detector`.
 """
 from __future__ import annotations
 
@@ -26,10 +28,17 @@ def build_detector(spec: dict, model_dir: str, variant: str = "original",
         from beam_anon.detectors.yunet import YuNet as cls
     elif family == "retinaplate":
         from beam_anon.detectors.retina import RetinaPlate as cls
+    elif family == "onnx":
+        from beam_anon.detectors.ssd import OnnxSSD as cls
+    elif family == "tf_saved_model":
+        from beam_anon.detectors.tf_ssd import SavedModelSSD as cls
+    elif family == "tflite":
+        from beam_anon.detectors.tf_ssd import TFLiteSSD as cls
     else:
         raise ValueError(f"model {spec['name']!r}: unknown family {family!r}")
     det = cls(spec, model_dir, variant, device)
     det.name, det.role, det.variant = spec["name"], spec["role"], variant
-    det.sha256 = (spec["files"][spec["main_file"]] if variant == "original"
+    det.sha256 = ((spec.get("sha256") or spec["files"][spec["main_file"]]) if variant == "original"
                   else spec["derived"][variant]["sha256"])
+    det.licence = spec.get("licence") or "unknown"
     return det

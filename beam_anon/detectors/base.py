@@ -19,12 +19,13 @@ class Detector(abc.ABC):
     stage 1. Implementations must be thread-compatible (one instance per process is shared).
     """
 
-    #: registry name, role (``stage1`` | ``face`` | ``plate``), variant (``beam_anon.runtime``)
-    #: and sha256 of the weights file that runs
+    #: registry name, role (``stage1`` | ``face`` | ``plate``), variant (``beam_anon.runtime``),
+    #: sha256 of the weights file that runs (of a SavedModel directory's files) and licence
     name: str = ""
     role: str = ""
     variant: str = "original"
     sha256: str = ""
+    licence: str = "unknown"
 
     @abc.abstractmethod
     def detect(self, image: np.ndarray, min_score: float) -> Detections:

@@ -114,7 +114,8 @@ def model_info(name: str) -> dict:
     if name not in entries:
         raise ModelError(f"unknown model {name!r}; known: {', '.join(entries)}")
     info = json.loads(json.dumps(entries[name]))
-    info.setdefault("sha256", info["files"][info["main_file"]])
+    if "sha256" not in info:  # a spec's entry has its own (of a SavedModel: its directory)
+        info["sha256"] = info["files"][info["main_file"]]
     return info
 
 

@@ -97,7 +97,7 @@ def _run(venv: str, *cmd: str, cwd) -> subprocess.CompletedProcess:
 def test_installed_command_and_only_beam_anon(venv, tmp_path):
     help_run = _run(venv, "beam-anon", "--help", cwd=tmp_path)
     assert help_run.returncode == 0, help_run.stderr[-2000:]
-    assert help_run.stdout.startswith("usage: beam-anon")
+    assert help_run.stdout.startswith("usage: beam-anon") and "--model_spec FILE" in help_run.stdout
     for generic in ("models", "pipelines"):
         run = _run(venv, "python", "-c", f"import {generic}", cwd=tmp_path)
         assert run.returncode != 0 and "ModuleNotFoundError" in run.stderr, generic

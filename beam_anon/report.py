@@ -202,11 +202,13 @@ def build_html(run_dir: str, sample: int = 48, seed: int = 0) -> str:
     counts = summarize(records)
     settings = next((r.settings for r in records if r.settings), {})
     model_rows = []
+    own = {e["name"]: e for e in map(json.loads, settings.get("model_specs") or ())}
     for m in {m["name"]: m for r in records for m in r.models}.values():
         try:
-            info = model_info(m["name"])
-            role, licence, source = info["role"], info["licence"], \
-                f'{info["package"]}=={info["version"]}'
+            info = own.get(m["name"]) or model_info(m["name"])
+            role, licence = info["role"], info["licence"]
+            source = (f'{info["package"]}=={info["version"]}' if "package" in info
+                      else f'your own ({info["format"]}): {info["path"]}')
         except Exception:
             role = licence = source = "(not in the registry)"
         model_rows.append(f"<tr><td>{_e(m['name'])}</td><td>{_e(role)}</td><td>{_e(source)}"

@@ -62,8 +62,9 @@ def test_savedmodel_and_tflite_through_the_cli(built, photo, tmp_path, capsys):
     out = tmp_path / "out"
     cli.main(["--input", f"{photo}/*.png", "--output", str(out), *QUIET,
               "--model_spec", specs["sm"], "--model_spec", specs["tfl"],
-              "--face_models", "nightfaces", "--plate_models", "myplates"])
+              "--face_models", "nightfaces", "--plate_models", "myplates", "--report"])
     assert "1 images, 1 ok" in capsys.readouterr().out
+    assert "your own (tf_saved_model)" in (out / "report.html").read_text()
     before, after = cv2.imread(f"{photo}/street.png"), cv2.imread(str(out / "street.png"))
     for row in (tiny.FACE_SURE, tiny.PLATE_SURE):
         assert _changed(before, after, row[0]) > 20, row

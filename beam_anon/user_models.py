@@ -190,6 +190,9 @@ def check_start(settings, models_dir: str | None, load: bool = True) -> None:
     """Refuse at start what would fail every image: a named model nobody knows, a model in
     the wrong role, a spec model whose files, signature or outputs do not work (it is loaded
     and run on :func:`probe_image` when ``load``). Raises ``models.ModelError``."""
+    names = [e["name"] for e in entries(settings)]
+    if len(set(names)) != len(names):
+        raise models.ModelError(f"two --model_spec files name one model: {sorted(names)}")
     register_all(settings)
     for role, field in ROLE_FIELDS:
         names = getattr(settings, field)

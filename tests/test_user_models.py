@@ -136,6 +136,8 @@ def test_model_in_wrong_role_or_unnamed(built, photo, tmp_path, capsys):
         [specs["sm"]], photo, tmp_path, capsys, "--plate_models", "nightfaces")
     assert "unknown model 'nosuch'" in _fails([], photo, tmp_path, capsys,
                                               "--face_models", "nosuch")
+    assert "two --model_spec files name one model" in _fails(
+        [specs["sm"], specs["sm"]], photo, tmp_path, capsys, "--face_models", "nightfaces")
 
 
 def test_signature_without_outputs_and_failing_probe(built, photo, tmp_path, capsys):

@@ -3,11 +3,13 @@ known outputs (tests/tiny_detectors.py) through the real CLI, and every clear fa
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import cv2
 import numpy as np
 import pytest
+from apache_beam.io.localfilesystem import LocalFileSystem
 
 from beam_anon import cli, models, user_models
 from beam_anon.detectors.user_spec import SpecError, parse
@@ -158,23 +160,43 @@ def test_signature_without_outputs_and_failing_probe(built, photo, tmp_path, cap
                                                "face_models": "remapped"}), None)
 
 
+class OwnBucketFileSystem(LocalFileSystem):
+    """``ownbucket://x`` -> ``$OWN_BUCKET_ROOT/x``: a non-local Beam filesystem for tests."""
+
+    @classmethod
+    def scheme(cls):
+        return "ownbucket"
+
+    @staticmethod
+    def _local(path):
+        return os.path.join(os.environ["OWN_BUCKET_ROOT"], path[len("ownbucket://"):])
+
+    def create(self, path, *args, **kwargs):
+        return super().create(self._local(path), *args, **kwargs)
+
+    def open(self, path, *args, **kwargs):
+        return super().open(self._local(path), *args, **kwargs)
+
+    def exists(self, path):
+        return super().exists(self._local(path))
+
+
 def test_staged_to_remote_models_dir_for_workers(built, tmp_path, monkeypatch):
-    from tests.test_models import FakeRemoteFileSystem  # noqa: F401  (registers fakeremote://)
     d, specs = built
-    monkeypatch.setenv("FAKE_REMOTE_ROOT", str(tmp_path / "bucket"))
+    monkeypatch.setenv("OWN_BUCKET_ROOT", str(tmp_path / "bucket"))
     monkeypatch.setattr(user_models, "_cache", lambda name, key: str(tmp_path / "cache" / key))
     entry = json.loads(user_models.read_spec(specs["sm"]))
-    user_models.stage(entry, "fakeremote://models")
+    user_models.stage(entry, "ownbucket://models")
     staged = tmp_path / "bucket" / "models" / "user" / f"nightfaces-{entry['sha256'][:16]}"
     assert (staged / "saved_model.pb").is_file()
     worker = dict(entry, root=str(tmp_path / "not-on-this-worker"))
-    root = user_models.ensure(worker, "fakeremote://models")
+    root = user_models.ensure(worker, "ownbucket://models")
     assert user_models._verified(worker, root) and root.startswith(str(tmp_path / "cache"))
     shutil.rmtree(root)
     with open(staged / "saved_model.pb", "ab") as f:
         f.write(b"x")
     with pytest.raises(models.ModelError, match="sha256"):
-        user_models.ensure(worker, "fakeremote://models")
+        user_models.ensure(worker, "ownbucket://models")
     with pytest.raises(models.ModelError, match="--models_dir gs://"):
         user_models.ensure(worker, None)
 

@@ -24,7 +24,6 @@ import importlib.resources
 import json
 import os
 import pathlib
-import re
 import shutil
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from typing import Callable, Iterable, Sequence
 from beam_anon import derived, runtime
 from beam_anon.derived import sha256_file  # noqa: F401  (models.sha256_file is public)
 from beam_anon.detectors import Detector, build_detector
+from beam_anon.detectors.user_spec import licence_class as spec_licence_class
 
 #: how many times each model was loaded in this process (``get_detector`` loads each once)
 LOAD_COUNTS: dict[str, int] = {}
@@ -84,15 +84,17 @@ def _entries() -> dict[str, dict]:
 
 
 def licence_class(name: str) -> str:
-    """The licence class of model ``name``, for a licence guard: ``permissive`` (MIT, BSD,
-    Apache...), ``agpl``, ``gpl``, ``other`` or ``unknown`` (a spec without ``"licence"``)."""
+    """The licence class of model ``name`` for the licence guard (``--allow_licences``):
+    ``permissive`` (MIT, BSD, Apache...), ``agpl`` or ``unknown`` (a spec without
+    ``"licence"``, and any licence not known to be permissive: fail closed). An entry's own
+    ``licence_class`` wins (a spec's is set by ``user_spec.parse``)."""
     info = model_info(name)
-    text = str(info.get("licence") or "unknown").lower()
-    for klass, pattern in (("agpl", r"agpl|affero"), ("gpl", r"gpl"), ("unknown", r"^unknown"),
-                           ("permissive", r"\b(mit|bsd|apache|cc0|unlicense|zlib|mpl)\b")):
-        if (klass == "permissive" and info.get("permissive")) or re.search(pattern, text):
-            return klass
-    return "other"
+    if info.get("licence_class"):
+        return info["licence_class"]
+    klass = spec_licence_class(str(info.get("licence") or "unknown"))
+    if "permissive" in info:  # a registry entry's own word on it
+        return "permissive" if info["permissive"] else "agpl" if klass == "agpl" else "unknown"
+    return klass
 
 
 def model_names() -> list[str]:

@@ -205,6 +205,10 @@ def test_spec_parse_defaults():
     entry = parse({"name": "a", "role": "plate", "format": "tflite", "path": "x.tflite",
                    "class_ids": [1]})
     assert (entry["class_base"], entry["input_range"], entry["outputs"]) == (0, [-1.0, 1.0], {})
+    assert (entry["licence"], entry["licence_class"]) == ("unknown", "unknown")
+    for licence, klass in (("MIT", "permissive"), ("AGPL-3.0", "agpl"), ("GPL-3.0", "unknown")):
+        assert parse({"name": "a", "role": "plate", "format": "onnx", "path": "x",
+                      "class_ids": [1], "licence": licence})["licence_class"] == klass
     entry = parse({"name": "b", "role": "face", "format": "onnx", "path": "x.onnx",
                    "class_ids": [2], "outputs": {"count": "n"}})
     assert entry["outputs"]["count"] == "n" and entry["outputs"]["boxes"] == "detection_boxes"

@@ -45,6 +45,19 @@ OD_API_OUTPUTS = {"boxes": "detection_boxes", "classes": "detection_classes",
                   "scores": "detection_scores", "count": "num_detections"}
 
 
+#: licences a spec may state that count as permissive (the text starts with one); anything
+#: else is "agpl" when it says so, else "unknown" (the licence guard's classes)
+PERMISSIVE_LICENCES = ("mit", "bsd", "apache", "cc0", "cc-by-4.0", "unlicense", "zlib", "isc")
+
+
+def licence_class(licence: str) -> str:
+    """``permissive``, ``agpl`` or ``unknown`` for a spec's ``"licence"`` text."""
+    text = licence.strip().lower()
+    if "agpl" in text or "affero" in text:
+        return "agpl"
+    return "permissive" if text.startswith(PERMISSIVE_LICENCES) else "unknown"
+
+
 class SpecError(ValueError):
     """A model spec that cannot be used as it is; the message says what to change."""
 
@@ -167,6 +180,7 @@ def parse(spec, taken: tuple[str, ...] = ()) -> dict:
     licence = spec.get("licence", "unknown")
     if not isinstance(licence, str) or not licence.strip():
         raise SpecError(f"licence {licence!r}: expected a licence name, e.g. Apache-2.0")
+    licence = licence.strip()
     digest = spec.get("sha256")
     if digest is not None and not re.fullmatch(r"[0-9a-f]{64}", str(digest)):
         raise SpecError(f"sha256 {digest!r}: expected 64 lower-case hex digits")
@@ -178,7 +192,8 @@ def parse(spec, taken: tuple[str, ...] = ()) -> dict:
             "path": spec["path"], "class_ids": _class_ids(spec, labels),
             "labels": {str(k): v for k, v in (labels or {}).items()},
             "threshold": None if threshold is None else float(threshold),
-            "input_size": list(size) if size else None, "licence": licence.strip(),
+            "input_size": list(size) if size else None, "licence": licence,
+            "licence_class": licence_class(licence),
             "outputs": _outputs(spec, fmt), "class_base": base,
             "input_range": list(input_range), "channel_order": channels,
             "expected_sha256": digest}

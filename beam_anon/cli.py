@@ -103,12 +103,23 @@ def _check(opts: AnonymizeOptions) -> None:
         raise SystemExit(f"no file matches --input {opts.input}")
 
 
-def _check_models(opts: AnonymizeOptions, load: bool) -> None:
-    """Stop now, not with one failed record per image, for a bad ``--model_spec`` file, a
-    model name nobody knows or named in the wrong role, and (``load``) a spec model that does
-    not load or fails on a probe image (``beam_anon.user_models.check_start``)."""
+def _own_models(opts: AnonymizeOptions) -> Settings:
+    """The run's settings, with the ``--model_spec`` files read and checked and their models
+    registered in this process, so every later check knows them; a bad spec stops the run."""
     try:
-        user_models.check_start(opts.settings(), opts.models_dir, load)
+        settings = opts.settings()
+    except SpecError as e:
+        raise SystemExit(f"beam-anon: {e}") from None
+    user_models.register_all(settings)
+    return settings
+
+
+def _check_models(settings: Settings, models_dir: str | None, load: bool) -> None:
+    """Stop now, not with one failed record per image, for a model name nobody knows or named
+    in the wrong role, and (``load``) a spec model that does not load or fails on a probe
+    image (``beam_anon.user_models.check_start``)."""
+    try:
+        user_models.check_start(settings, models_dir, load)
     except (SpecError, ModelError) as e:
         raise SystemExit(f"beam-anon: {e}") from None
 
@@ -219,8 +230,9 @@ def main(argv: list[str] | None = None, anonymizer_factory=None):
     _quiet_logs(options, opts.log_level)
     opts.input, opts.output = _local_abs(opts.input), _local_abs(opts.output)
     opts.debug_dir, opts.models_dir = _local_abs(opts.debug_dir), _local_abs(opts.models_dir)
+    settings = _own_models(opts)
     _check(opts)
-    _check_models(opts, load=anonymizer_factory is None)
+    _check_models(settings, opts.models_dir, load=anonymizer_factory is None)
     pipeline = beam.Pipeline(options=options)
     watch = _progress(options, opts)
     build(pipeline, opts, anonymizer_factory, watch.ticker() if watch else None)

@@ -20,6 +20,9 @@ SETTINGS_HELP = {
                     "(no vehicle or person looks then; full-frame looks and zooms still run)",
     "face_models": "comma-separated face detectors (registry names); all run, boxes are unioned",
     "plate_models": "comma-separated licence-plate detectors (registry names)",
+    "allow_licences": "comma list of licence classes besides permissive that this run may use: "
+                      "agpl, unknown (python -m beam_anon.models list shows each model's "
+                      "licence); a run naming such a model without it stops at start",
     "precision": "model files that run: int8 (INT8 variants where kept, made at fetch), float "
                  "(graph-fixed float files), original (the archives' files as shipped)",
     "device": "auto (CUDA when onnxruntime-gpu sees a GPU, else CPU) | cpu | cuda",

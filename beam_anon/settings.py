@@ -18,6 +18,8 @@ class Settings:
     stage1_model: str | None = "yolov8n-coco"
     face_models: tuple[str, ...] = ("centerface",)
     plate_models: tuple[str, ...] = ("platedet-yolov8s", "clpdet")
+    # licence classes besides permissive the run may use: agpl, unknown (beam_anon.licences)
+    allow_licences: tuple[str, ...] = ()
     # runtime (beam_anon.runtime): int8 | float | original model files; auto | cpu | cuda
     precision: str = "int8"
     device: str = "auto"

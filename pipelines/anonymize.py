@@ -27,7 +27,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions, StandardOptions,
                                                   WorkerOptions)
 
-from beam_anon import progress, tfrecords, video_transforms
+from beam_anon import licences, progress, tfrecords, video_transforms
 from beam_anon.options import add_settings_arguments, parse_bool, settings_from
 from beam_anon.settings import Settings
 from beam_anon.transforms import (NAMESPACE, AnonymizeImages, ReadImages, WriteAnonymized,
@@ -97,6 +97,7 @@ def _check(opts: AnonymizeOptions) -> None:
         raise SystemExit("--debug_dir holds un-anonymized pixels and must not be inside --output")
     if _is_local(opts.input) and not FileSystems.match([opts.input])[0].metadata_list:
         raise SystemExit(f"no file matches --input {opts.input}")
+    licences.check(opts.settings(), error=SystemExit)  # non-permissive models need the opt-in
 
 
 def build(pipeline: beam.Pipeline, opts: AnonymizeOptions, anonymizer_factory=None,

@@ -31,14 +31,14 @@ def test_registry_well_formed():
     assert len(names) == len(set(names))
     for e in reg["models"] + reg["samples"]:
         for key in ("name", "role", "package", "version", "dist", "archive", "archive_sha256",
-                    "main_file", "files", "licence", "permissive", "description"):
+                    "main_file", "files", "licence", "licence_class", "description"):
             assert key in e, (e["name"], key)
         assert HEX64.match(e["archive_sha256"])
         assert e["main_file"] in e["files"]
         assert all(HEX64.match(d) for d in e["files"].values())
         assert e["archive"].startswith(e["package"] + "-" + e["version"])
         assert e["dist"] in ("wheel", "sdist")
-        assert isinstance(e["permissive"], bool) and e["licence"]
+        assert e["licence_class"] in ("permissive", "agpl", "unknown") and e["licence"]
     for e in reg["models"]:
         assert e["role"] in ("stage1", "face", "plate")
         assert e["family"] in FAMILIES and e["contract"]
@@ -47,9 +47,10 @@ def test_registry_well_formed():
         else:
             assert e["classes"] == [e["role"]]
     assert all(e["role"] == "sample" for e in reg["samples"])
-    assert set(models.PERMISSIVE) == {e["name"] for e in reg["models"] if e["permissive"]}
-    assert {"yunet", "centerface", "clpdet"} <= set(models.PERMISSIVE)
-    assert "yolov8n-coco" not in models.PERMISSIVE
+    assert set(models.PERMISSIVE) == {e["name"] for e in reg["models"]
+                                      if e["licence_class"] == "permissive"}
+    assert {"yunet", "centerface"} <= set(models.PERMISSIVE)
+    assert not {"yolov8n-coco", "platedet-yolov8s", "clpdet"} & set(models.PERMISSIVE)
 
 
 def test_model_info():

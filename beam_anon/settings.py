@@ -19,7 +19,9 @@ class Settings:
     face_models: tuple[str, ...] = ("centerface",)
     plate_models: tuple[str, ...] = ("platedet-yolov8s", "clpdet")
     # licence classes besides permissive the run may use: agpl, unknown (beam_anon.licences)
-    allow_licences: tuple[str, ...] = ()
+    # TEMP: every preset opts in (these defaults are the balanced preset) until permissive
+    # defaults land; then revert to ()
+    allow_licences: tuple[str, ...] = ("agpl", "unknown")
     # runtime (beam_anon.runtime): int8 | float | original model files; auto | cpu | cuda
     precision: str = "int8"
     device: str = "auto"

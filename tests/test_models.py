@@ -16,7 +16,7 @@ from beam_anon import derived, graphs, models, runtime
 from beam_anon.detectors import Detector
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
-FAMILIES = {"yolov8", "yolov8seg", "centerface", "yunet", "retinaplate"}
+FAMILIES = {"yolov8", "yolov8seg", "centerface", "yunet", "retinaplate", "retinaface"}
 
 
 @pytest.fixture(scope="session")

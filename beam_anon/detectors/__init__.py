@@ -1,6 +1,6 @@
 """Detector contract: a loaded model that turns one BGR image into ``Detections``.
 
-Every family module in this package (``yolo``, ``centerface``, ``yunet``, ``retina``) provides a
+Every family module in this package (``yolo``, ``centerface``, ``yunet``, ``retina``: plates and RetinaFace) provides a
 class with the contract of :class:`beam_anon.detectors.base.Detector`, built from a registry
 entry (see ``beam_anon.models``) and a local weight path by :func:`build_detector`.
 """
@@ -26,6 +26,8 @@ def build_detector(spec: dict, model_dir: str, variant: str = "original",
         from beam_anon.detectors.yunet import YuNet as cls
     elif family == "retinaplate":
         from beam_anon.detectors.retina import RetinaPlate as cls
+    elif family == "retinaface":
+        from beam_anon.detectors.retina import RetinaFace as cls
     else:
         raise ValueError(f"model {spec['name']!r}: unknown family {family!r}")
     det = cls(spec, model_dir, variant, device)

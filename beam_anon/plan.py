@@ -20,7 +20,10 @@ For each image (all boxes xyxy pixels, sizes in pixels, scores 0-1), per role (f
    pixels, upscaled ``zoom_scale``; overlapping neighbourhoods merge into one crop.
 3. **Crowd fallback**, faces: only when the cheap looks found ``crowd_min_faces`` or more faces
    under ``crowd_face_size`` pixels, the area around them is searched again at ``crowd_scale``.
-4. **Head fallback**, faces, when ``head_fallback``: a stage-1 person large enough that its face
+4. **Agreement**, models listed in ``agree_thresholds``: a box below its model's threshold
+   but at least its entry there is accepted where another listed model found a box at the same
+   place (:func:`agreement`).
+5. **Head fallback**, faces, when ``head_fallback``: a stage-1 person large enough that its face
    should have been found (expected face >= ``head_fallback_min_face``), with no face or
    candidate in its head area, gets that head area blurred.
 
@@ -174,6 +177,37 @@ def agrees(dets: Detections, candidates: Detections, min_iou: float = 0.2) -> np
     if not len(dets) or not len(candidates):
         return np.zeros(len(dets), bool)
     return (iou_matrix(dets.xyxy, candidates.xyxy) >= min_iou).any(axis=1)
+
+
+#: boxes of two models overlapping this much agree that the same object is there
+AGREE_IOU = 0.3
+
+
+def _agree_floor(dets: Detections, settings: Settings) -> tuple[np.ndarray, list[set]]:
+    """Per box: the lowest ``agree_thresholds`` entry of the models that found it (inf when
+    none is listed) and that set of models."""
+    floor, names = np.full(len(dets), np.inf, np.float32), []
+    for i in range(len(dets)):
+        found_by = set(dets.models(i))
+        values = [v for n in found_by
+                  if (v := Settings._per_model(settings.agree_thresholds, n)) is not None]
+        floor[i] = min(values, default=np.inf)
+        names.append(found_by)
+    return floor, names
+
+
+def agreement(unsure: Detections, pool: Detections, settings: Settings) -> np.ndarray:
+    """(N,) True where an ``unsure`` box (below its model's threshold) scores at least its
+    model's ``agree_thresholds`` entry and overlaps (IoU >= :data:`AGREE_IOU`) a box of
+    ``pool`` that *another* listed model found scoring at least its own entry: two models that
+    miss different things rarely err at the same place, so their agreement admits boxes below
+    either one's threshold without their false boxes."""
+    if not settings.agree_thresholds or not len(unsure) or not len(pool):
+        return np.zeros(len(unsure), bool)
+    (fu, mu), (fp, mp) = _agree_floor(unsure, settings), _agree_floor(pool, settings)
+    near = (iou_matrix(unsure.xyxy, pool.xyxy) >= AGREE_IOU) & (pool.scores >= fp)[None, :]
+    return np.array([score >= floor and any(not mu[i] & mp[j] for j in np.flatnonzero(near[i]))
+                     for i, (score, floor) in enumerate(zip(unsure.scores, fu))], bool)
 
 
 def crowd_looks(faces: Detections, width: int, height: int, settings: Settings) -> list[Crop]:

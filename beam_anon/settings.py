@@ -56,6 +56,9 @@ class Settings:
     crowd_min_faces: int = 4               # this many faces under crowd_face_size -> crowd look
     crowd_face_size: int = 16
     crowd_scale: float = 2.0
+    # agreement: "name=score": a box from this score up (below the model's threshold) is
+    # accepted where another listed model found one at the same place (beam_anon.plan)
+    agree_thresholds: tuple[str, ...] = ()
     # head fallback: blur the head area of a large person with no face found there
     head_fallback: bool = False
     head_fallback_min_face: int = 20       # pixels: expected face size (beam_anon.plan)

@@ -276,13 +276,18 @@ def with_margins(found: Detections, settings: Settings) -> Detections:
 #: named settings; ``balanced`` is the default (the Settings defaults themselves)
 PRESETS: dict[str, dict] = {
     # one face pass and one plate pass over the whole image, plus zooms where unsure
-    "fast": {"stage1_model": None, "face_rotations": (), "person_face_size": 0,
+    "fast": {"stage1_model": None, "face_models": ("centerface",), "zoom_models": ("centerface",),
+             "zoom_thresholds": ("centerface=0.2",), "zoom_max_size": 24, "agree_thresholds": (),
+             "face_rotations": (), "person_face_size": 0,
              "crowd_min_faces": 0, "plate_models": ("platedet-yolov8s",), "plate_threshold": 0.2,
              "plate_full_frame_scales": (0.75,), "overview_size": 0, "verify": False},
+    # CenterFace looks (full frame, turned, persons' heads, zooms); RetinaFace-MobileNetV2
+    # looks only where CenterFace was unsure (zooms, crowd) and their agreement admits boxes
+    # below either's threshold (issue 17, docs/accuracy.md)
     "balanced": {},
     # every look the models allow: both face models at 1x and 2x, all turns, head fallback
     "thorough": {"face_models": ("centerface", "yunet"), "face_rotation_scale": 1.0,
-                 "zoom_min_score": 0.05,
+                 "zoom_min_score": 0.05, "zoom_max_size": 24, "agree_thresholds": (),
                  "region_models": ("centerface", "yunet", "platedet-yolov8s", "clpdet"),
                  "zoom_models": ("centerface", "yunet", "platedet-yolov8s", "clpdet"),
                  "zoom_thresholds": ("centerface=0.2", "yunet=0.5", "platedet-yolov8s=0.1"),

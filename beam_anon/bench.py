@@ -41,7 +41,7 @@ import sys
 import tempfile
 import time
 
-from beam_anon import peer
+from beam_anon import peer, runtime
 
 STAGES = ("read", "decode", "stage1", "faces", "plates", "blur", "verify", "encode", "write")
 MODEL_STAGES = ("stage1", "faces", "plates", "verify")  # model passes (+ crops, box decoding)
@@ -168,7 +168,7 @@ def model_times(image_path: str, repeat: int, models_dir: str | None = None) -> 
     for name in models.model_names():
         spec = models.model_info(name)
         root = models.ensure_model(name, models_dir)
-        for variant in ("original", *spec.get("derived", {})):
+        for variant in runtime.variants(spec):
             det = build_detector(spec, root, variant, "cpu")
             det.detect(image, 0.3)
             times = []

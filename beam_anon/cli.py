@@ -29,7 +29,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions, StandardOptions,
                                                   WorkerOptions)
 
-from beam_anon import progress, tfrecords, user_models, video_transforms
+from beam_anon import licences, progress, tfrecords, user_models, video_transforms
 from beam_anon.detectors.user_spec import SpecError
 from beam_anon.models import ModelError
 from beam_anon.options import add_settings_arguments, parse_bool, settings_from
@@ -120,7 +120,8 @@ def _check_models(settings: Settings, models_dir: str | None, load: bool) -> Non
     image (``beam_anon.user_models.check_start``)."""
     try:
         user_models.check_start(settings, models_dir, load)
-    except (SpecError, ModelError) as e:
+        licences.check(settings)  # non-permissive models need --allow_licences
+    except (SpecError, ModelError, licences.LicenceError) as e:
         raise SystemExit(f"beam-anon: {e}") from None
 
 

@@ -21,7 +21,9 @@ boxes         list              regions actually blurred, one per object: ``{lab
                                 [0, 1], corners in pixels of the orientation-corrected input (x1,
                                 y1 exclusive), margin included; models: which found it
 models        list              ``{name, sha256}`` of every model that ran
-settings      dict              every ``beam_anon.settings.Settings`` field of the run
+settings      dict              every ``beam_anon.settings.Settings`` field of the run, and
+                                ``licences``: ``{model: {class, licence}}`` of every model the
+                                run names (``beam_anon.licences``)
 timings       dict              seconds per step: ``read``, ``decode``, ``stage1``, ``faces``,
                                 ``plates``, ``blur``, ``verify``, ``encode``, ``write`` (steps
                                 that did not run are absent)
@@ -55,8 +57,11 @@ STATUS_FAILED = "failed"
 
 
 def settings_dict(settings) -> dict:
-    """A Settings as the JSON-ready dict the manifest stores (tuples become lists)."""
-    return json.loads(settings.fingerprint())
+    """A Settings as the JSON-ready dict the manifest stores (tuples become lists), with the
+    licence of every model it names under ``licences``."""
+    from beam_anon import licences
+
+    return {**json.loads(settings.fingerprint()), "licences": licences.record(settings)}
 
 
 @dataclass

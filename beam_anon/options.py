@@ -23,6 +23,9 @@ SETTINGS_HELP = {
     "model_specs": "a detector of your own (TF SavedModel, TFLite, ONNX), described by the JSON "
                    "spec FILE (README: your own detector); its name is then usable in "
                    "--face_models, --plate_models or --stage1_model; repeatable",
+    "allow_licences": "comma list of licence classes besides permissive that this run may use: "
+                      "agpl, unknown (python -m beam_anon.models list shows each model's "
+                      "licence); a run naming such a model without it stops at start",
     "precision": "model files that run: int8 (INT8 variants where kept, made at fetch), float "
                  "(graph-fixed float files), original (the archives' files as shipped)",
     "device": "auto (CUDA when onnxruntime-gpu sees a GPU, else CPU) | cpu | cuda",
@@ -67,6 +70,9 @@ SETTINGS_HELP = {
                        "again at crowd_scale (0: off)",
     "crowd_face_size": "pixels: faces smaller than this count for the crowd fallback",
     "crowd_scale": "resize factor of the crowd look",
+    "agree_thresholds": "per-model scores from which a box below the model's threshold is "
+                        "blurred where another model listed here found a box at the same place "
+                        "(IoU >= 0.3), e.g. centerface=0.15,retinaface-mnv2=0.1 (empty: off)",
     "head_fallback": "blur the head area of a stage-1 person large enough that its face should "
                      "have been found, when no face was found there (true/false)",
     "head_fallback_min_face": "pixels: the person's expected face size from which the head "

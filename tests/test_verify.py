@@ -145,7 +145,8 @@ def faces(face_sample):
 @pytest.mark.models
 def test_real_detectors_catch_a_near_zero_blur(faces):
     image, dets = faces
-    settings = Settings(stage1_model=None, plate_models=(), face_full_frame_scales=(1.0,))
+    settings = Settings(stage1_model=None, face_models=("centerface",), plate_models=(),
+                        face_full_frame_scales=(1.0,))
     weak = Anonymizer(settings.replace(blur_strength=0.001), dets).run(image)
     assert len(weak.boxes.with_label("face")) >= 2
     assert weak.review and verify.VERIFY_SURVIVED in weak.review["reasons"], weak.review

@@ -1,8 +1,8 @@
 """Detector contract: a loaded model that turns one BGR image into ``Detections``.
 
-Every family module in this package (``yolo``, ``centerface``, ``yunet``, ``retina``; for the
-user's own detectors of ``--model_spec``: ``ssd`` (ONNX) and ``tf_ssd`` (SavedModel, TFLite))
-provides a class with the contract of :class:`beam_anon.detectors.base.Detector`, built from a
+Every family module in this package (``yolo``, ``centerface``, ``yunet``, ``retina``: plates
+and RetinaFace; for the user's own detectors of ``--model_spec``: ``ssd`` (ONNX) and ``tf_ssd``
+(SavedModel, TFLite)) provides a class with the contract of :class:`beam_anon.detectors.base.Detector`, built from a
 registry entry (see ``beam_anon.models``; a spec's, see ``user_spec``) and a local weight path
 by :func:`build_detector`.
 """
@@ -34,6 +34,8 @@ def build_detector(spec: dict, model_dir: str, variant: str = "original",
         from beam_anon.detectors.tf_ssd import SavedModelSSD as cls
     elif family == "tflite":
         from beam_anon.detectors.tf_ssd import TFLiteSSD as cls
+    elif family == "retinaface":
+        from beam_anon.detectors.retina import RetinaFace as cls
     else:
         raise ValueError(f"model {spec['name']!r}: unknown family {family!r}")
     det = cls(spec, model_dir, variant, device)

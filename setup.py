@@ -16,6 +16,7 @@ setup(
         "protobuf==6.33.6",
         "onnxruntime==1.32.0",
         "onnx==1.23.2",
+        "tf2onnx==1.17.0",
         "pillow==12.3.0",
         "av==18.1.0",
     ],

@@ -68,8 +68,11 @@ def model_file(spec: dict, model_dir: str, variant: str) -> str:
 def variant_of(spec: dict, precision: str) -> str:
     """The variant that runs for ``Settings.precision``: ``int8`` where the model has one (kept
     only where its devset recall held), else ``fixed`` where it has one, else ``original``
-    (e.g. YuNet, a native library); ``float`` skips INT8; ``original`` runs the archive's file."""
+    (e.g. YuNet, a native library); ``float`` skips INT8; ``original`` runs the archive's file (for a model
+    whose archive holds no ONNX graph, TF.js or TF, its ``fixed`` conversion)."""
     derived = spec.get("derived", {})
+    if precision == "original" and derived.get("fixed", {}).get("convert"):
+        return "fixed"  # the archive's file is no ONNX graph (TF.js...): its conversion runs
     if precision == "int8" and "int8" in derived:
         return "int8"
     if precision in ("int8", "float") and "fixed" in derived:

@@ -1,8 +1,9 @@
 """Detector contract: a loaded model that turns one BGR image into ``Detections``.
 
-Every family module in this package (``yolo``, ``centerface``, ``yunet``, ``retina``) provides a
-class with the contract of :class:`beam_anon.detectors.base.Detector`, built from a registry
-entry (see ``beam_anon.models``) and a local weight path by :func:`build_detector`.
+Every family module in this package (``yolo``, ``nanodet``, ``centerface``, ``yunet``,
+``retina``) provides a class with the contract of :class:`beam_anon.detectors.base.Detector`,
+built from a registry entry (see ``beam_anon.models``) and a local weight path by
+:func:`build_detector`.
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ def build_detector(spec: dict, model_dir: str, variant: str = "original",
         from beam_anon.detectors.centerface import CenterFace as cls
     elif family == "yunet":
         from beam_anon.detectors.yunet import YuNet as cls
+    elif family == "nanodet":
+        from beam_anon.detectors.nanodet import NanoDet as cls
     elif family == "retinaplate":
         from beam_anon.detectors.retina import RetinaPlate as cls
     else:

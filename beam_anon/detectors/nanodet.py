@@ -23,6 +23,9 @@ from beam_anon.detectors.base import Detector
 
 MEAN = np.array([103.53, 116.28, 123.675], np.float32)   # BGR
 STD = np.array([57.375, 57.12, 58.395], np.float32)
+BLOB_PARAMS = cv2.dnn.Image2BlobParams(scalefactor=tuple(float(1 / s) for s in STD),
+                                       mean=tuple(float(m) for m in MEAN), swapRB=False,
+                                       ddepth=cv2.CV_32F)
 STRIDES = (8, 16, 32)
 BINS = 11
 #: (cell, class) candidates kept (best scores first) before NMS, to bound the cost at very low
@@ -46,13 +49,10 @@ class NanoDet(Detector):
         self.nms_iou = float(spec.get("nms_iou", NMS_IOU))
 
     def blob(self, image: np.ndarray) -> np.ndarray:
-        """(1, 3, H, W) float32 model input of ``image``, stretched to the input size."""
-        h, w = image.shape[:2]
-        shrink = w > self.size[0] and h > self.size[1]
-        pixels = cv2.resize(image, self.size,
-                            interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-        x = (pixels.astype(np.float32) - MEAN) / STD
-        return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
+        """(1, 3, H, W) float32 model input of ``image``, stretched to the input size
+        bilinearly (as NanoDet's own pre-processing; INTER_AREA costs 5 ms more a frame)."""
+        pixels = cv2.resize(image, self.size, interpolation=cv2.INTER_LINEAR)
+        return cv2.dnn.blobFromImageWithParams(pixels, BLOB_PARAMS)
 
     def decode(self, outs: dict[str, np.ndarray], width: int, height: int,
                min_score: float) -> Detections:

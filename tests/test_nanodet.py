@@ -101,8 +101,8 @@ def test_rename_and_canonical_names():
 def test_original_precision_runs_the_conversion():
     spec = models.model_info(NAME)
     assert runtime.variant_of(spec, "original") == "fixed"
-    assert runtime.variant_of(spec, "float") == "fixed"
-    assert runtime.variant_of(spec, "int8") == "int8"
+    # no INT8 file: it lost 2 of 222 street plates (docs/accuracy.md)
+    assert runtime.variant_of(spec, "int8") == runtime.variant_of(spec, "float") == "fixed"
     assert runtime.variant_of(models.model_info("centerface"), "original") == "original"
 
 
@@ -208,5 +208,5 @@ def test_converter_refuses_a_model_without_signature(tmp_path):
 
 
 def test_runnable_variants():
-    assert runtime.variants(models.model_info(NAME)) == ["fixed", "int8"]
+    assert runtime.variants(models.model_info(NAME)) == ["fixed"]
     assert runtime.variants(models.model_info("centerface")) == ["original", "fixed", "int8"]

@@ -16,12 +16,13 @@ import numpy as np
 
 from beam_anon import looks, plan, verify
 from beam_anon.blur import blur_boxes
-from beam_anon.boxes import Detections, clip, fuse, map_to_image, merge_objects
+from beam_anon.boxes import Detections, clip, fuse, map_to_image, merge_objects, nms
 from beam_anon.detectors import Detector
 from beam_anon.regions import Crop
 from beam_anon.settings import Settings
 
 ROLES = ("face", "plate")
+STAGE1_NMS_IOU = 0.6
 
 
 @dataclass
@@ -121,9 +122,11 @@ class Anonymizer:
         timings: dict[str, float] = {}
         cost = looks.Cost()
         t = time.perf_counter()
-        stage1 = (looks.run(self.stage1, image, [plan.stage1_look(
-            width, height, getattr(self.stage1, "input_size", None))],
+        stage1 = (looks.run(self.stage1, image, plan.stage1_looks(
+            width, height, self.settings, getattr(self.stage1, "input_size", None)),
             self.settings.stage1_threshold, cost) if self.stage1 else Detections.empty())
+        if self.settings.stage1_tile:   # an object seen whole and in a tile: keep the best box
+            stage1 = nms(stage1, STAGE1_NMS_IOU)
         timings["stage1"] = time.perf_counter() - t
         found, near, seen = [], [], []
         for role in ROLES:

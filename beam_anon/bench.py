@@ -160,7 +160,7 @@ def model_times(image_path: str, repeat: int, models_dir: str | None = None) -> 
     model computes on."""
     import cv2
 
-    from beam_anon import models
+    from beam_anon import models, runtime
     from beam_anon.detectors import build_detector
 
     image = cv2.imread(image_path)

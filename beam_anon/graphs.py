@@ -10,6 +10,8 @@ Each fix takes a ``ModelProto`` and returns a new one with the same outputs for 
 * :func:`keep_outputs`: the graph cut to the outputs a detector reads (unused heads cost time).
 * :func:`cut_at`: intermediate tensors made the outputs: a YOLO head decoded outside the graph,
   whose decoding constants fixed the input at 640x640.
+* :func:`canonical_names`: names fixed by the node order (converters' numbering varies).
+* :func:`rename`: clean input/output names for a converted graph (``Identity_3:0`` -> ``box8``).
 * :func:`fp16_to_fp32`: float16 weights and casts as float32 (quantization needs fp32).
 * :func:`opset`: a newer opset (per-channel quantization needs 13).
 
@@ -100,6 +102,57 @@ def keep_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProt
     vi = [v for v in graph.value_info if v.name in needed]
     del graph.value_info[:]
     graph.value_info.extend(vi)
+    return model
+
+
+def rename(model: onnx.ModelProto, names: dict[str, str]) -> onnx.ModelProto:
+    """Graph inputs and outputs renamed by ``names`` (old -> new, every reference too); the
+    outputs named there come first, in that order (a converter's ``Identity_3:0`` -> ``box8``)."""
+    missing = set(names) - {v.name for v in list(model.graph.input) + list(model.graph.output)}
+    if missing:
+        raise ValueError(f"not graph inputs or outputs: {sorted(missing)}")
+    model = copy(model)
+    graph = model.graph
+    for value in list(graph.input) + list(graph.output):
+        value.name = names.get(value.name, value.name)
+    for node in graph.node:
+        node.input[:] = [names.get(n, n) for n in node.input]
+        node.output[:] = [names.get(n, n) for n in node.output]
+    order = {new: k for k, new in enumerate(names.values())}
+    outputs = sorted(graph.output, key=lambda o: order.get(o.name, len(order)))
+    del graph.output[:]
+    graph.output.extend(outputs)
+    return model
+
+
+def canonical_names(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Every tensor other than the graph's inputs and outputs named by its place in the node
+    order (``w<k>`` weights, ``t<k>`` activations), nodes ``<op type>_<index>``, initializers
+    in order of first use, no ``value_info``: the same graph built twice (a converter that
+    numbers its names per process, tf2onnx) becomes the same bytes."""
+    model = copy(model)
+    graph = model.graph
+    keep = {v.name for v in list(graph.input) + list(graph.output)}
+    weights = {i.name for i in graph.initializer}
+    names: dict[str, str] = {}
+    for node in graph.node:
+        for i in node.input:
+            if i in weights and i not in names and i not in keep:
+                names[i] = f"w{len(names)}"
+        for o in node.output:
+            if o and o not in keep:
+                names[o] = f"t{len(names)}"
+    for k, node in enumerate(graph.node):
+        node.input[:] = [names.get(i, i) for i in node.input]
+        node.output[:] = [names.get(o, o) for o in node.output]
+        node.name = f"{node.op_type}_{k}"
+    order = {new: k for k, new in enumerate(names.values())}
+    for init in graph.initializer:
+        init.name = names.get(init.name, init.name)
+    inits = sorted(graph.initializer, key=lambda i: order.get(i.name, len(order)))
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
+    del graph.value_info[:]
     return model
 
 
@@ -206,6 +259,7 @@ def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
 def apply_fixes(model: onnx.ModelProto, fixes: Iterable[str]) -> onnx.ModelProto:
     """Apply registry fix strings in order: ``initializers_not_inputs``, ``fp16_to_fp32``,
     ``dynamic_input:NAME=d0,d1,...`` (ints or symbols), ``keep_outputs:A,B``, ``cut_at:A,B``,
+    ``rename:OLD=NEW,...``,
     ``opset:N``, ``name_nodes``."""
     for fix in fixes:
         name, _, arg = fix.partition(":")
@@ -221,6 +275,8 @@ def apply_fixes(model: onnx.ModelProto, fixes: Iterable[str]) -> onnx.ModelProto
                                                   for d in dims.split(",")])
         elif name == "keep_outputs":
             model = keep_outputs(model, arg.split(","))
+        elif name == "rename":  # rename:OLD=NEW,OLD=NEW (an OLD may hold ':')
+            model = rename(model, dict(p.rsplit("=", 1) for p in arg.split(",")))
         elif name == "cut_at":
             model = cut_at(model, arg.split(","))
         elif name == "opset":

@@ -28,10 +28,9 @@ class LicenceError(ValueError):
 
 def licence_of(name: str) -> dict:
     """``{"class": licence class, "licence": the licence as stated}`` of a registry model."""
-    from beam_anon.models import model_info   # the registry; imported late (no cycle)
+    from beam_anon.models import licence_class, model_info   # imported late (no cycle)
 
-    info = model_info(name)
-    return {"class": info["licence_class"], "licence": info["licence"]}
+    return {"class": licence_class(name), "licence": model_info(name).get("licence") or "unknown"}
 
 
 def blocked(names: Iterable[str], allowed: Iterable[str]) -> list[tuple[str, dict]]:

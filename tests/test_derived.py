@@ -102,9 +102,9 @@ def _feeds(name, det, images):
 
 
 @pytest.mark.models
-@pytest.mark.parametrize("name", [  # converted ones: each converter's own test (TF source)
-    n for n in models.model_names() if "fixed" in models.model_info(n).get("derived", {})
-    and not models.model_info(n)["derived"]["fixed"].get("convert")])
+@pytest.mark.parametrize("name", [n for n in models.model_names()  # converted: own tests
+                                  if "fixed" in models.model_info(n).get("derived", {})
+                                  and not models.model_info(n)["derived"]["fixed"].get("convert")])
 def test_graph_fixed_outputs_equal_the_originals(store, name):
     models_dir, images = store
     spec, root = models.model_info(name), os.path.join(models_dir, name)

@@ -14,7 +14,7 @@ from beam_anon import licences, models
 from beam_anon.anonymize import AnonymizeResult
 from beam_anon.boxes import Detections
 from beam_anon.settings import Settings
-from pipelines import anonymize as cli
+from beam_anon import cli
 
 #: a run of permissive models only
 PERMISSIVE_ONLY = dict(stage1_model=None, face_models=("centerface", "yunet"), plate_models=())

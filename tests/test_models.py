@@ -16,7 +16,7 @@ from beam_anon import derived, graphs, models, runtime
 from beam_anon.detectors import Detector
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
-FAMILIES = {"yolov8", "yolov8seg", "centerface", "yunet", "retinaplate", "retinaface"}
+FAMILIES = {"yolov8", "yolov8seg", "nanodet", "centerface", "yunet", "retinaplate", "retinaface"}
 
 
 @pytest.fixture(scope="session")
@@ -36,8 +36,12 @@ def test_registry_well_formed():
         assert HEX64.match(e["archive_sha256"])
         assert e["main_file"] in e["files"]
         assert all(HEX64.match(d) for d in e["files"].values())
-        assert e["archive"].startswith(e["package"] + "-" + e["version"])
-        assert e["dist"] in ("wheel", "sdist")
+        if e.get("source") == "npm":  # npm pack names @scope/name@v scope-name-v.tgz
+            assert e["dist"] == "npm" and e["archive"] == (
+                e["package"].lstrip("@").replace("/", "-") + "-" + e["version"] + ".tgz")
+        else:
+            assert e["archive"].startswith(e["package"] + "-" + e["version"])
+            assert e["dist"] in ("wheel", "sdist")
         assert e["licence_class"] in ("permissive", "agpl", "unknown") and e["licence"]
     for e in reg["models"]:
         assert e["role"] in ("stage1", "face", "plate")

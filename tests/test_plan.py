@@ -142,3 +142,20 @@ def test_presets_are_settings_and_options_override_them():
     assert set(plan.preset("thorough").face_models) > set(fast.face_models)
     with pytest.raises(ValueError, match="unknown preset"):
         plan.preset("nope")
+
+
+def test_stage1_looks_whole_and_tiles():
+    s = Settings()
+    assert plan.stage1_looks(1280, 720, s, 640) == [plan.stage1_look(1280, 720, 640)]
+    tiled = s.replace(stage1_tile=720)
+    looks = plan.stage1_looks(1280, 720, tiled, None)      # a model that resizes itself
+    assert looks[0] == plan.stage1_look(1280, 720, None) and len(looks) == 3
+    for crop in looks[1:]:
+        x0, y0, x1, y1 = crop.xyxy
+        assert crop.scale == 1.0 and crop.source == "stage1_tile"
+        assert max(x1 - x0, y1 - y0) <= 720 and (x0, y1) in ((0, 720), (x0, 720))
+    assert looks[1].xyxy[0] == 0 and looks[2].xyxy[2] == 1280   # the tiles cover the width
+    assert looks[1].xyxy[2] > looks[2].xyxy[0]                   # and overlap
+    yolo = plan.stage1_looks(1280, 720, tiled, 640)[1:]          # fixed-size model: resized
+    assert all(max(c.size) == 640 for c in yolo)
+    assert len(plan.stage1_looks(800, 600, tiled, None)) == 1    # too small to gain from tiles

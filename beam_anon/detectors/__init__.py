@@ -1,10 +1,11 @@
 """Detector contract: a loaded model that turns one BGR image into ``Detections``.
 
-Every family module in this package (``yolo``, ``centerface``, ``yunet``, ``retina``: plates
-and RetinaFace; for the user's own detectors of ``--model_spec``: ``ssd`` (ONNX) and ``tf_ssd``
-(SavedModel, TFLite)) provides a class with the contract of :class:`beam_anon.detectors.base.Detector`, built from a
-registry entry (see ``beam_anon.models``; a spec's, see ``user_spec``) and a local weight path
-by :func:`build_detector`.
+Every family module in this package (``yolo``, ``nanodet``, ``centerface``, ``yunet``,
+``retina``: plates and RetinaFace; for the user's own detectors of ``--model_spec``: ``ssd``
+(ONNX) and ``tf_ssd`` (SavedModel, TFLite)) provides a class with the contract of
+:class:`beam_anon.detectors.base.Detector`, built from a registry entry (see
+``beam_anon.models``; a spec's, see ``user_spec``) and a local weight path by
+:func:`build_detector`.
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ def build_detector(spec: dict, model_dir: str, variant: str = "original",
         from beam_anon.detectors.centerface import CenterFace as cls
     elif family == "yunet":
         from beam_anon.detectors.yunet import YuNet as cls
+    elif family == "nanodet":
+        from beam_anon.detectors.nanodet import NanoDet as cls
     elif family == "retinaplate":
         from beam_anon.detectors.retina import RetinaPlate as cls
     elif family == "onnx":

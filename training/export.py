@@ -1,0 +1,78 @@
+"""Export a trained checkpoint to ONNX in CenterFace's contract (``beam_anon.detectors.centerface``):
+input ``image`` (1, 3, H, W) RGB float 0-255 (H, W multiples of 32, any size), outputs
+``heatmap`` (1, 1, H/4, W/4) probabilities, ``scale`` (1, 2, H/4, W/4) log(h/4), log(w/4),
+``offset`` (1, 2, H/4, W/4) y, x. Opset 17 (onnxruntime >= 1.14).
+
+``python -m training.export --checkpoint training/runs/beamplate/last.pt --out models/own/beamplate.onnx``
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+
+import numpy as np
+import torch
+
+from training.model import Exported, PlateNet
+
+INPUT = "image"
+OUTPUTS = ("heatmap", "scale", "offset")
+OPSET = 17
+
+
+def load_checkpoint(path: str) -> PlateNet:
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    args = ckpt["args"]
+    net = PlateNet(args["backbone"], args["width"])
+    net.load_state_dict(ckpt["model"])
+    return net.eval()
+
+
+def to_onnx(net: PlateNet) -> bytes:
+    """The serialized ONNX graph of ``net`` (eval mode), dynamic height and width; checked
+    against torch on a random image with onnxruntime."""
+    import onnx
+    import onnxruntime as ort
+
+    net = net.eval()
+    wrapped = Exported(net).eval()
+    example = torch.rand(1, 3, 96, 128) * 255
+    buf = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(wrapped, (example,), buf, input_names=[INPUT],
+                          output_names=list(OUTPUTS), opset_version=OPSET, dynamo=False,
+                          dynamic_axes={INPUT: {2: "H", 3: "W"},
+                                        **{o: {2: "h", 3: "w"} for o in OUTPUTS}})
+    model = onnx.load_from_string(buf.getvalue())
+    model.producer_name = "beam_anon training.export"
+    data = model.SerializeToString()
+    check = torch.rand(1, 3, 160, 224) * 255
+    with torch.no_grad():
+        want = [t.numpy() for t in wrapped(check)]
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    got = sess.run(list(OUTPUTS), {INPUT: check.numpy()})
+    for name, a, b in zip(OUTPUTS, want, got):
+        if not np.allclose(a, b, atol=1e-3, rtol=1e-3):
+            raise RuntimeError(f"exported {name} differs from torch by {np.abs(a - b).max()}")
+    return data
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.export", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    data = to_onnx(load_checkpoint(args.checkpoint))
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out + ".part", "wb") as f:
+        f.write(data)
+    os.replace(args.out + ".part", args.out)
+    print(f"{args.out}: {len(data)} bytes")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

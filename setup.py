@@ -7,7 +7,7 @@ setup(
     description="Blur faces and licence plates in image datasets with Apache Beam",
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["beam_anon", "beam_anon.*", "models", "pipelines"]),
-    package_data={"models": ["registry.json"]},
+    package_data={"models": ["registry.json", "own/*.onnx"]},
     install_requires=[
         "apache-beam[gcp,tfrecord]==2.77.0",
         "tensorflow-cpu==2.21.0",

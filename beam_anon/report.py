@@ -196,7 +196,7 @@ def _figure(record: ManifestRecord, run_dir: str, caption: str, extra=()) -> str
 
 def build_html(run_dir: str, sample: int = 48, seed: int = 0) -> str:
     """The report page for ``run_dir`` as one HTML string (see the module doc)."""
-    from beam_anon.models import model_info
+    from beam_anon.models import model_info, source_text
 
     records = read_manifests(run_dir)
     counts = summarize(records)
@@ -205,8 +205,7 @@ def build_html(run_dir: str, sample: int = 48, seed: int = 0) -> str:
     for m in {m["name"]: m for r in records for m in r.models}.values():
         try:
             info = model_info(m["name"])
-            role, licence, source = info["role"], info["licence"], \
-                f'{info["package"]}=={info["version"]}'
+            role, licence, source = info["role"], info["licence"], source_text(info)
         except Exception:
             role = licence = source = "(not in the registry)"
         model_rows.append(f"<tr><td>{_e(m['name'])}</td><td>{_e(role)}</td><td>{_e(source)}"

@@ -243,14 +243,16 @@ def with_margins(found: Detections, settings: Settings) -> Detections:
 PRESETS: dict[str, dict] = {
     # one face pass and one plate pass over the whole image, plus zooms where unsure
     "fast": {"stage1_model": None, "face_rotations": (), "person_face_size": 0,
-             "crowd_min_faces": 0, "plate_models": ("platedet-yolov8s",), "plate_threshold": 0.2,
+             "crowd_min_faces": 0, "plate_models": ("beamplate",),
              "plate_full_frame_scales": (0.75,), "overview_size": 0, "verify": False},
     "balanced": {},
     # every look the models allow: both face models at 1x and 2x, all turns, head fallback
     "thorough": {"face_models": ("centerface", "yunet"), "face_rotation_scale": 1.0,
+                 "plate_models": ("beamplate", "platedet-yolov8s", "clpdet"),
                  "zoom_min_score": 0.05,
-                 "region_models": ("centerface", "yunet", "platedet-yolov8s", "clpdet"),
-                 "zoom_models": ("centerface", "yunet", "platedet-yolov8s", "clpdet"),
+                 "region_models": ("centerface", "yunet", "beamplate", "platedet-yolov8s",
+                                   "clpdet"),
+                 "zoom_models": ("centerface", "yunet", "beamplate", "platedet-yolov8s", "clpdet"),
                  "zoom_thresholds": ("centerface=0.2", "yunet=0.5", "platedet-yolov8s=0.1"),
                  "face_full_frame_scales": (1.0, 2.0), "face_rotations": (90, 180, 270),
                  "head_fallback": True, "plate_full_frame_scales": (1.0, 2.0),

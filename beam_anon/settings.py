@@ -17,7 +17,7 @@ class Settings:
     # models (registry names, see models/registry.json)
     stage1_model: str | None = "yolov8n-coco"
     face_models: tuple[str, ...] = ("centerface",)
-    plate_models: tuple[str, ...] = ("platedet-yolov8s", "clpdet")
+    plate_models: tuple[str, ...] = ("beamplate",)   # the project's own (training/)
     # runtime (beam_anon.runtime): int8 | float | original model files; auto | cpu | cuda
     precision: str = "int8"
     device: str = "auto"
@@ -39,7 +39,7 @@ class Settings:
     region_padding_fraction: float = 0.1   # of a stage-1 box's own size, each side
     vehicle_crop_sizes: tuple[int, ...] = (160, 300)  # vehicle long side as plate models see it
     person_face_size: int = 32             # persons' head areas upscaled to this face size; 0 off
-    region_models: tuple[str, ...] = ("centerface", "platedet-yolov8s", "clpdet")  # look there
+    region_models: tuple[str, ...] = ("centerface", "beamplate")  # look there
     crop_max_upscale: float = 6.0
     # zoom where unsure, and the crowd fallback
     zoom: bool = True

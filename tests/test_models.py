@@ -30,15 +30,19 @@ def test_registry_well_formed():
     names = [e["name"] for e in reg["models"] + reg["samples"]]
     assert len(names) == len(set(names))
     for e in reg["models"] + reg["samples"]:
-        for key in ("name", "role", "package", "version", "dist", "archive", "archive_sha256",
-                    "main_file", "files", "licence", "permissive", "description"):
+        for key in ("name", "role", "main_file", "files", "licence", "permissive", "description"):
             assert key in e, (e["name"], key)
-        assert HEX64.match(e["archive_sha256"])
         assert e["main_file"] in e["files"]
         assert all(HEX64.match(d) for d in e["files"].values())
+        assert isinstance(e["permissive"], bool) and e["licence"]
+        if models.from_repository(e):      # the project's own weights: lineage instead
+            assert {"pretrained", "data", "command", "commit"} <= set(e["lineage"])
+            continue
+        for key in ("package", "version", "dist", "archive", "archive_sha256"):
+            assert key in e, (e["name"], key)
+        assert HEX64.match(e["archive_sha256"])
         assert e["archive"].startswith(e["package"] + "-" + e["version"])
         assert e["dist"] in ("wheel", "sdist")
-        assert isinstance(e["permissive"], bool) and e["licence"]
     for e in reg["models"]:
         assert e["role"] in ("stage1", "face", "plate")
         assert e["family"] in FAMILIES and e["contract"]
@@ -48,8 +52,8 @@ def test_registry_well_formed():
             assert e["classes"] == [e["role"]]
     assert all(e["role"] == "sample" for e in reg["samples"])
     assert set(models.PERMISSIVE) == {e["name"] for e in reg["models"] if e["permissive"]}
-    assert {"yunet", "centerface", "clpdet"} <= set(models.PERMISSIVE)
-    assert "yolov8n-coco" not in models.PERMISSIVE
+    assert {"yunet", "centerface", "beamplate"} <= set(models.PERMISSIVE)
+    assert not {"yolov8n-coco", "platedet-yolov8s", "clpdet"} & set(models.PERMISSIVE)
 
 
 def test_model_info():

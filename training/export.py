@@ -92,7 +92,8 @@ def training_command(checkpoint: str) -> str:
     import torch
 
     args = torch.load(checkpoint, map_location="cpu", weights_only=False)["args"]
-    opts = " ".join(f"--{k} {v}" for k, v in sorted(args.items())
+    opts = " ".join(f"--{k} {' '.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
+                    for k, v in sorted(args.items())
                     if k not in ("resume", "stop_after", "threads", "pretrained_cache", "data",
                                  "val_street"))
     return f"nice -n 5 python -m training.train {opts}"

@@ -54,6 +54,9 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=120, help="steps per epoch")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--crop", type=int, default=256)
+    p.add_argument("--plate_sizes", type=float, nargs=2, default=(5.0, 48.0),
+                   metavar=("MIN", "MAX"),
+                   help="short side in pixels plates are scaled to in crops (log-uniform)")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
@@ -98,8 +101,8 @@ def read_for_view(sample: data.Sample, scale: float) -> tuple[np.ndarray, float]
 
 
 def make_batch(samples: list[data.Sample], probs: np.ndarray, rng: np.random.Generator,
-               size: int, count: int) -> dict[str, torch.Tensor]:
-    cfg = augment.CropConfig(size=size)
+               cfg: augment.CropConfig, count: int) -> dict[str, torch.Tensor]:
+    size = cfg.size
     images, parts = [], []
     for _ in range(count):
         s = samples[rng.choice(len(samples), p=probs)]
@@ -181,17 +184,18 @@ def main(argv=None) -> int:
     print(f"train {len(train_set)} images, validate {len(val_video)} video frames + "
           f"{len(val_street)} street photos; {args.backbone}, {sum(p.numel() for p in params)} "
           f"trainable parameters", flush=True)
+    cfg = augment.CropConfig(size=args.crop, plate_sizes=tuple(args.plate_sizes))
     pool = concurrent.futures.ThreadPoolExecutor(1)
     for epoch in range(start, args.epochs):
         t0, c0 = time.time(), resource.getrusage(resource.RUSAGE_SELF)
         set_train_mode(net)
         rngs = [np.random.default_rng((args.seed, epoch, step)) for step in range(args.steps)]
-        pending = pool.submit(make_batch, train_set, probs, rngs[0], args.crop, args.batch)
+        pending = pool.submit(make_batch, train_set, probs, rngs[0], cfg, args.batch)
         sums: dict[str, float] = {}
         for step in range(args.steps):
             batch = pending.result()
             if step + 1 < args.steps:
-                pending = pool.submit(make_batch, train_set, probs, rngs[step + 1], args.crop,
+                pending = pool.submit(make_batch, train_set, probs, rngs[step + 1], cfg,
                                       args.batch)
             parts = losses(net, batch)
             loss = sum(parts.values())

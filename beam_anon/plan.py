@@ -266,8 +266,8 @@ PRESET_MEASURED: dict[str, str] = {
             "16 px 0.936), 4.3 false boxes/image; about 0.3 CPU s per image (beamplate, "
             "scripts/sweep.py on a loaded machine)",
     "balanced": "devset faces 0.937 (0.910), plates 1.000, street plates 0.951 (under 16 px "
-                "1.000), 5.5 false boxes/image, 20-25 % of the image blurred; about 0.9 CPU s "
-                "per image (beamplate, scripts/sweep.py on a loaded machine)",
+                "1.000), 5.5 false boxes/image, a fifth to a quarter of the image blurred; "
+                "about 0.9 CPU s per image (beamplate, scripts/sweep.py on a loaded machine)",
     "thorough": "devset faces 0.953 (0.929), plates 1.000, street plates 0.937, 6.3 false "
                 "boxes/image; 1.95 CPU s per 1280x720 image, 0.13x deface",
 }

@@ -182,6 +182,7 @@ def test_training_command_rejects_bad_data(tmp_path):
     pytest.importorskip("torch")
     from training import train
 
-    folder = write_set(tmp_path / "d", {"a.jpg": (64, 48)}, [line("a.jpg", 64, 48, [(40, 2, 70, 12)])])
+    folder = write_set(tmp_path / "d", {"a.jpg": (64, 48)},
+                       [line("a.jpg", 64, 48, [(40, 2, 70, 12)])])
     with pytest.raises(data.DataError, match="outside"):
         train.main(["--out", str(tmp_path / "run"), "--data", folder, "--val_street", ""])

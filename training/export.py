@@ -1,4 +1,5 @@
-"""Export a trained checkpoint to ONNX in CenterFace's contract (``beam_anon.detectors.centerface``):
+"""Export a trained checkpoint to ONNX in CenterFace's contract
+(``beam_anon.detectors.centerface``):
 input ``image`` (1, 3, H, W) RGB float 0-255 (H, W multiples of 32, any size), outputs
 ``heatmap`` (1, 1, H/4, W/4) probabilities, ``scale`` (1, 2, H/4, W/4) log(h/4), log(w/4),
 ``offset`` (1, 2, H/4, W/4) y, x. Opset 17 (onnxruntime >= 1.14).

@@ -168,7 +168,8 @@ class PlateNet(nn.Module):
         self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1) * 255)
         self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1) * 255)
         c4, c8, c16 = self.backbone.channels
-        self.lat16, self.lat8, self.lat4 = conv_bn(c16, width), conv_bn(c8, width), conv_bn(c4, width)
+        self.lat16, self.lat8 = conv_bn(c16, width), conv_bn(c8, width)
+        self.lat4 = conv_bn(c4, width)
         self.smooth8, self.smooth4 = sep_conv(width), sep_conv(width)
         self.up = nn.Upsample(scale_factor=2, mode="nearest")
         self.tower = sep_conv(width)

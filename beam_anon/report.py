@@ -196,7 +196,7 @@ def _figure(record: ManifestRecord, run_dir: str, caption: str, extra=()) -> str
 
 def build_html(run_dir: str, sample: int = 48, seed: int = 0) -> str:
     """The report page for ``run_dir`` as one HTML string (see the module doc)."""
-    from beam_anon.models import model_info
+    from beam_anon.models import model_info, source_text
 
     records = read_manifests(run_dir)
     counts = summarize(records)
@@ -207,8 +207,8 @@ def build_html(run_dir: str, sample: int = 48, seed: int = 0) -> str:
         try:
             info = own.get(m["name"]) or model_info(m["name"])
             role, licence = info["role"], info["licence"]
-            source = (f'{info["package"]}=={info["version"]}' if "package" in info
-                      else f'your own ({info["format"]}): {info["path"]}')
+            source = (f'your own ({info["format"]}): {info["path"]}' if m["name"] in own
+                      else source_text(info))
         except Exception:
             role = licence = source = "(not in the registry)"
         model_rows.append(f"<tr><td>{_e(m['name'])}</td><td>{_e(role)}</td><td>{_e(source)}"

@@ -18,7 +18,7 @@ class Settings:
     stage1_model: str | None = "yolov8n-coco"
     # CenterFace looks, RetinaFace-MobileNetV2 verifies where CenterFace is unsure (its zooms)
     face_models: tuple[str, ...] = ("centerface", "retinaface-mnv2")
-    plate_models: tuple[str, ...] = ("platedet-yolov8s", "clpdet")
+    plate_models: tuple[str, ...] = ("beamplate",)   # the project's own (training/)
     # detectors of the user's own, named like registry models above: each a checked spec as
     # JSON, with its files' sha256 (--model_spec FILE; beam_anon.user_models)
     model_specs: tuple[str, ...] = ()
@@ -48,7 +48,7 @@ class Settings:
     region_padding_fraction: float = 0.1   # of a stage-1 box's own size, each side
     vehicle_crop_sizes: tuple[int, ...] = (160, 300)  # vehicle long side as plate models see it
     person_face_size: int = 32             # persons' head areas upscaled to this face size; 0 off
-    region_models: tuple[str, ...] = ("centerface", "platedet-yolov8s", "clpdet")  # look there
+    region_models: tuple[str, ...] = ("centerface", "beamplate")  # look there
     crop_max_upscale: float = 6.0
     # zoom where unsure, and the crowd fallback
     zoom: bool = True

@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # beam_anon
 from beam_anon.anonymize import Anonymizer  # noqa: E402
-from beam_anon.detectors.centerface import OUTPUTS as CF_OUTPUTS  # noqa: E402
+from beam_anon.detectors.centerface import INPUT as CF_INPUT, OUTPUTS as CF_OUTPUTS  # noqa: E402
 from beam_anon.detectors.centerface import CenterFace, _dynamic_model  # noqa: E402
 from beam_anon.detectors.yolo import YoloV8, _first_output_only  # noqa: E402
 from beam_anon.settings import Settings  # noqa: E402
@@ -131,7 +131,7 @@ class TorchYolo(YoloV8):
 
 class TorchCenterFace(CenterFace):
     def __init__(self, path: str, device: str):
-        model = onnx.load_from_string(_dynamic_model(path))
+        model = onnx.load_from_string(_dynamic_model(path, CF_INPUT))
         self.session = TorchSession(model, device, False, "tensor(float)")
 
 
@@ -168,7 +168,7 @@ def raw(models_dir: str, device: str, batches: list[int], repeat: int) -> None:
     for name, file, shape, half, yolo in specs:
         path = os.path.join(models_dir, file)
         model = (batchable(onnx.load_from_string(_first_output_only_bytes(path))) if yolo
-                 else onnx.load_from_string(_dynamic_model(path)))
+                 else onnx.load_from_string(_dynamic_model(path, CF_INPUT)))
         module = to_torch(model, device, half)
         cells = []
         for b in batches:

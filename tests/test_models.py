@@ -30,19 +30,24 @@ def test_registry_well_formed():
     names = [e["name"] for e in reg["models"] + reg["samples"]]
     assert len(names) == len(set(names))
     for e in reg["models"] + reg["samples"]:
-        for key in ("name", "role", "package", "version", "dist", "archive", "archive_sha256",
-                    "main_file", "files", "licence", "licence_class", "description"):
+        for key in ("name", "role", "main_file", "files", "licence", "licence_class",
+                    "description"):
             assert key in e, (e["name"], key)
-        assert HEX64.match(e["archive_sha256"])
         assert e["main_file"] in e["files"]
         assert all(HEX64.match(d) for d in e["files"].values())
+        assert e["licence_class"] in ("permissive", "agpl", "unknown") and e["licence"]
+        if models.from_repository(e):      # the project's own weights: lineage instead
+            assert {"pretrained", "data", "command", "commit"} <= set(e["lineage"])
+            continue
+        for key in ("package", "version", "dist", "archive", "archive_sha256"):
+            assert key in e, (e["name"], key)
+        assert HEX64.match(e["archive_sha256"])
         if e.get("source") == "npm":  # npm pack names @scope/name@v scope-name-v.tgz
             assert e["dist"] == "npm" and e["archive"] == (
                 e["package"].lstrip("@").replace("/", "-") + "-" + e["version"] + ".tgz")
         else:
             assert e["archive"].startswith(e["package"] + "-" + e["version"])
             assert e["dist"] in ("wheel", "sdist")
-        assert e["licence_class"] in ("permissive", "agpl", "unknown") and e["licence"]
     for e in reg["models"]:
         assert e["role"] in ("stage1", "face", "plate")
         assert e["family"] in FAMILIES and e["contract"]
@@ -53,7 +58,7 @@ def test_registry_well_formed():
     assert all(e["role"] == "sample" for e in reg["samples"])
     assert set(models.PERMISSIVE) == {e["name"] for e in reg["models"]
                                       if e["licence_class"] == "permissive"}
-    assert {"yunet", "centerface"} <= set(models.PERMISSIVE)
+    assert {"yunet", "centerface", "beamplate"} <= set(models.PERMISSIVE)
     assert not {"yolov8n-coco", "platedet-yolov8s", "clpdet"} & set(models.PERMISSIVE)
 
 

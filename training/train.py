@@ -1,0 +1,242 @@
+"""Train the plate detector on CPU, in the background, resumable.
+
+``nice -n 5 python -m training.train --out training/runs/beamplate`` (options: ``--help``).
+Every epoch: ``<out>/last.pt`` (model, optimiser, epoch, log; ``--resume`` continues from it),
+a line in ``<out>/log.jsonl`` (loss parts, validation recall on the held-out video and on
+``devset_streetplates`` at 1x, wall and CPU seconds) and ``<out>/epoch<N>.pt``. Crops are drawn
+from ``numpy.random.default_rng((seed, epoch, step))``, so a resumed run draws what an
+uninterrupted one would. Training data: ``--data`` only (the dev sets only validate).
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import math
+import os
+import resource
+import sys
+import time
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from training import augment, data, targets, validate
+from training.export import INPUT, OUTPUTS, to_onnx
+from training.model import PRETRAINED, PlateNet, pretrained_weights
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(os.path.dirname(REPO), "shared")
+#: share of crops drawn from each source (the dashcam frames are near-duplicates of each other)
+SOURCE_WEIGHTS = {"openimages_plates": 0.55, "dashcam_ro": 0.25, "kaggle_carplates": 0.2}
+#: backbone layers kept frozen (with their BatchNorm statistics): the stride-2/4 layers, where
+#: the backward pass costs most on a CPU and ImageNet's edge filters serve plates as they are
+FROZEN = {"mobilenetv2": ("backbone.features.0.", "backbone.features.1.", "backbone.features.2.",
+                          "backbone.features.3."),
+          "efficientnet_lite0": ("backbone._conv_stem", "backbone._bn0", "backbone._blocks.0.",
+                                 "backbone._blocks.1.", "backbone._blocks.2.")}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="run folder (checkpoints, log.jsonl)")
+    p.add_argument("--data", default=os.path.join(SHARED, "trainset_plates"))
+    p.add_argument("--val_street", default=os.path.join(SHARED, "devset_streetplates"),
+                   help="validation only; '' to skip")
+    p.add_argument("--val_street_every", type=int, default=1,
+                   help="validate on every N-th street photo (1 = all 150)")
+    p.add_argument("--backbone", default="mobilenetv2", choices=sorted(PRETRAINED))
+    p.add_argument("--width", type=int, default=64, help="pyramid and head channels")
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--steps", type=int, default=120, help="steps per epoch")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--crop", type=int, default=256)
+    p.add_argument("--plate_sizes", type=float, nargs=2, default=(5.0, 48.0),
+                   metavar=("MIN", "MAX"),
+                   help="short side in pixels plates are scaled to in crops (log-uniform)")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
+    p.add_argument("--stop_after", type=int, default=0,
+                   help="stop after this epoch (same schedule; --resume continues later)")
+    p.add_argument("--pretrained_cache",
+                   default=os.path.join(os.path.expanduser("~"), ".cache", "beam_anon",
+                                        "pretrained"))
+    return p.parse_args(argv)
+
+
+def focal_loss(logits: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """CenterNet's penalty-reduced focal loss, summed and divided by the number of peaks."""
+    pos = gt.eq(1).float()
+    logp, log1mp = F.logsigmoid(logits), F.logsigmoid(-logits)
+    p = torch.sigmoid(logits)
+    pos_loss = (pos * (1 - p) ** 2 * logp).sum()
+    neg_loss = ((1 - pos) * (1 - gt) ** 4 * p ** 2 * log1mp).sum()
+    return -(pos_loss + neg_loss) / pos.sum().clamp(min=1)
+
+
+def losses(net: PlateNet, batch: dict) -> dict[str, torch.Tensor]:
+    heat, size, offset = net(batch["image"])
+    w = batch["weight"]
+    norm = w.sum().clamp(min=1e-3)
+    return {"heat": focal_loss(heat, batch["heat"]),
+            "size": (F.l1_loss(size, batch["scale"], reduction="none") * w).sum() / norm,
+            "offset": (F.l1_loss(offset, batch["offset"], reduction="none") * w).sum() / norm}
+
+
+def read_for_view(sample: data.Sample, scale: float) -> tuple[np.ndarray, float]:
+    """The image decoded at 1/2, 1/4 or 1/8 size when the crop shrinks it that much anyway
+    (JPEG's fast reduced decoding), and the factor it was reduced by."""
+    for factor, flag in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
+                         (2, cv2.IMREAD_REDUCED_COLOR_2)):
+        if scale * factor <= 1.0:
+            image = cv2.imread(sample.path, flag)
+            if image is not None:
+                return image, sample.width / image.shape[1]
+    return data.read_image(sample), 1.0
+
+
+def make_batch(samples: list[data.Sample], probs: np.ndarray, rng: np.random.Generator,
+               cfg: augment.CropConfig, count: int) -> dict[str, torch.Tensor]:
+    size = cfg.size
+    images, parts = [], []
+    for _ in range(count):
+        s = samples[rng.choice(len(samples), p=probs)]
+        scale, x0, y0 = augment.choose_view(s.boxes, s.width, s.height, rng, cfg)
+        image, f = read_for_view(s, scale)
+        crop, boxes = augment.crop(image, s.boxes / f, scale * f, x0 / f, y0 / f, size,
+                                   cfg.min_box)
+        if rng.random() < 0.5:
+            crop, boxes = augment.flip(crop, boxes)
+        crop = augment.photometric(crop, rng)
+        images.append(crop[..., ::-1].transpose(2, 0, 1).astype(np.float32))
+        parts.append(targets.encode(boxes, (size, size)))
+    batch = {k: torch.from_numpy(np.stack([p[k] for p in parts])) for k in parts[0]}
+    batch["image"] = torch.from_numpy(np.stack(images))
+    return batch
+
+
+def source_probs(samples: list[data.Sample]) -> np.ndarray:
+    counts = {}
+    for s in samples:
+        counts[s.dataset] = counts.get(s.dataset, 0) + 1
+    w = np.array([SOURCE_WEIGHTS.get(s.dataset, 0.1) / counts[s.dataset] for s in samples])
+    return w / w.sum()
+
+
+def validation(onnx_model: bytes, threads: int, val_video, val_street) -> dict:
+    """Recall of the exported graph (what ships) on both validation sets, run by onnxruntime."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    sess = ort.InferenceSession(onnx_model, options, providers=["CPUExecutionProvider"])
+
+    def predict(blob: np.ndarray):
+        return sess.run(list(OUTPUTS), {INPUT: blob})
+    out = {"video": validate.evaluate(predict, val_video)}
+    if val_street:
+        out["street"] = validate.evaluate(predict, val_street)
+    return out
+
+
+def set_train_mode(net: PlateNet) -> None:
+    """Train mode, except the backbone's BatchNorm layers (ImageNet statistics kept: batches
+    of 16 crops are too small and too alike to re-estimate them)."""
+    net.train()
+    for m in net.backbone.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eval()
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    os.makedirs(args.out, exist_ok=True)
+    train_set, val_video = data.training_set(args.data)
+    val_street = (data.load(args.val_street)[::args.val_street_every] if args.val_street
+                  else [])
+    probs = source_probs(train_set)
+    net = PlateNet(args.backbone, args.width)
+    net.load_pretrained(pretrained_weights(args.backbone, args.pretrained_cache))
+    for name, p in net.named_parameters():
+        p.requires_grad = not name.startswith(FROZEN[args.backbone])
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
+    total = args.epochs * args.steps
+    warmup = max(1, min(100, total // 10))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / warmup) * 0.5 * (
+        1 + math.cos(math.pi * min(i, total) / total)))
+    start, log = 0, []
+    last = os.path.join(args.out, "last.pt")
+    if args.resume and os.path.isfile(last):
+        ckpt = torch.load(last, map_location="cpu", weights_only=False)
+        net.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        start, log = ckpt["epoch"], ckpt["log"]
+        print(f"resumed after epoch {start}", flush=True)
+    print(f"train {len(train_set)} images, validate {len(val_video)} video frames + "
+          f"{len(val_street)} street photos; {args.backbone}, {sum(p.numel() for p in params)} "
+          f"trainable parameters", flush=True)
+    cfg = augment.CropConfig(size=args.crop, plate_sizes=tuple(args.plate_sizes))
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    for epoch in range(start, args.epochs):
+        t0, c0 = time.time(), resource.getrusage(resource.RUSAGE_SELF)
+        set_train_mode(net)
+        rngs = [np.random.default_rng((args.seed, epoch, step)) for step in range(args.steps)]
+        pending = pool.submit(make_batch, train_set, probs, rngs[0], cfg, args.batch)
+        sums: dict[str, float] = {}
+        for step in range(args.steps):
+            batch = pending.result()
+            if step + 1 < args.steps:
+                pending = pool.submit(make_batch, train_set, probs, rngs[step + 1], cfg,
+                                      args.batch)
+            parts = losses(net, batch)
+            loss = sum(parts.values())
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 10.0)
+            opt.step()
+            sched.step()
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            if (step + 1) % 20 == 0:
+                print(f"epoch {epoch + 1} step {step + 1}/{args.steps} loss "
+                      f"{sum(sums.values()) / (step + 1):.3f} ({time.time() - t0:.0f} s)",
+                      flush=True)
+        train_s = time.time() - t0
+        net.eval()
+        onnx_model = to_onnx(net)
+        with open(os.path.join(args.out, f"epoch{epoch + 1}.onnx"), "wb") as f:
+            f.write(onnx_model)
+        val = validation(onnx_model, args.threads, val_video, val_street)
+        c1 = resource.getrusage(resource.RUSAGE_SELF)
+        entry = {"epoch": epoch + 1, "loss": {k: round(v / args.steps, 4) for k, v in sums.items()},
+                 "lr": sched.get_last_lr()[0], "train_s": round(train_s),
+                 "wall_s": round(time.time() - t0),
+                 "cpu_s": round(c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime),
+                 "val": val}
+        log.append(entry)
+        print(json.dumps(entry), flush=True)
+        with open(os.path.join(args.out, "log.jsonl"), "a") as f:
+            f.write(json.dumps(entry) + "\n")
+        ckpt = {"model": net.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "epoch": epoch + 1, "log": log,
+                "args": vars(args)}
+        torch.save(ckpt, last + ".part")
+        os.replace(last + ".part", last)
+        torch.save({"model": net.state_dict(), "args": vars(args), "epoch": epoch + 1},
+                   os.path.join(args.out, f"epoch{epoch + 1}.pt"))
+        if args.stop_after and epoch + 1 >= args.stop_after:
+            break
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""How an anonymized image is written: JPEG lossless outside the blurred blocks (default), or
+re-encoded whole; and the checks that prove what changed (the pipeline's and ``verify_jpeg``'s).
+
+Policy (``Settings.jpeg_mode``, recorded per image in the manifest's ``jpeg`` and
+``jpeg_reason``):
+
+* ``lossless`` (default): a JPEG input is written by :func:`beam_anon.jpeg_lossless.rewrite`:
+  only the MCUs touched by a blurred box (or holding a pixel the blur changed) are replaced, every
+  other coefficient is the input's. An image with no box keeps all its coefficients.
+* ``reencoded`` with the reason: ``--jpeg_mode reencode``; an EXIF orientation other than 1 on
+  an upright output (the blocks live in the stored orientation; turning them needs a transposed
+  block grid the library cannot write, so the picture is re-encoded upright as before, quality
+  ``jpeg_quality``); a file the coefficient library cannot rewrite (CMYK, YCCK, RGB-coded,
+  12-bit, lossless, damaged: ``jpeg_lossless.Unsupported``); or a lossless output that failed
+  its self-check. TFRecord images keep their stored orientation, so every orientation is
+  lossless there.
+* Fail closed: the lossless output is decoded again before it is used; if a box's pixels are
+  not the blurred ones (within quantization) the blurred picture is re-encoded instead. Either
+  way only blurred pixels leave; an error in the re-encode fails the image as before.
+PNG is always re-encoded (it is lossless anyway): ``jpeg`` is null.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from beam_anon import image_io, jpeg_lossless
+
+LOSSLESS, REENCODED = "lossless", "reencoded"
+MODES = ("lossless", "reencode")
+#: a box passes the self-check when its mean absolute difference to the blurred pixels is at
+#: most this many levels, or at most half its difference between input and blurred pixels
+BOX_TOLERANCE = 6.0
+log = logging.getLogger(__name__)
+
+
+class SelfCheckError(RuntimeError):
+    """A lossless output does not hold the blurred pixels (message says where)."""
+
+
+@dataclass(frozen=True)
+class Output:
+    data: bytes
+    jpeg: str | None = None      # LOSSLESS | REENCODED | None (not a JPEG)
+    reason: str | None = None    # why REENCODED
+
+
+def decode_pixels(data: bytes) -> np.ndarray:
+    """JPEG bytes -> BGR as stored (no orientation applied), as ``image_io.decode`` decodes."""
+    out = cv2.imdecode(np.frombuffer(data, np.uint8),
+                       cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if out is None:
+        raise SelfCheckError("the lossless output does not decode")
+    return out
+
+
+def outside_differences(reference: np.ndarray, decoded: np.ndarray, mask: np.ndarray,
+                        mcu: tuple[int, int], margin: int = jpeg_lossless.MARGIN_MCUS) -> int:
+    """Pixels that differ between ``reference`` and ``decoded`` outside the MCUs of ``mask``
+    grown by ``margin`` MCUs."""
+    height, width = reference.shape[:2]
+    inside = jpeg_lossless.pixel_mask(mask, mcu, width, height, margin)
+    differ = cv2.absdiff(reference, decoded).max(axis=2) > 0
+    return int((differ & ~inside).sum())
+
+
+def box_errors(decoded: np.ndarray, expected: np.ndarray, xyxy: np.ndarray) -> np.ndarray:
+    """(N,) mean absolute difference between ``decoded`` and ``expected`` inside each box."""
+    height, width = decoded.shape[:2]
+    errors = []
+    for x0, y0, x1, y1 in jpeg_lossless.pixel_rects(xyxy, width, height):
+        if x1 <= x0 or y1 <= y0:
+            errors.append(0.0)
+            continue
+        errors.append(float(cv2.absdiff(decoded[y0:y1, x0:x1], expected[y0:y1, x0:x1]).mean()))
+    return np.array(errors, np.float64)
+
+
+def self_check(out: bytes, reference: np.ndarray, blurred: np.ndarray, xyxy: np.ndarray) -> None:
+    """Raise :class:`SelfCheckError` unless every box of ``out`` decodes to ``blurred``'s pixels
+    within quantization (see :data:`BOX_TOLERANCE`)."""
+    decoded = decode_pixels(out)
+    if decoded.shape != blurred.shape:
+        raise SelfCheckError(f"output decodes to {decoded.shape}, expected {blurred.shape}")
+    error = box_errors(decoded, blurred, xyxy)
+    allowed = np.maximum(BOX_TOLERANCE, 0.5 * box_errors(reference, blurred, xyxy))
+    bad = np.nonzero(error > allowed)[0]
+    if len(bad):
+        raise SelfCheckError(f"{len(bad)} box(es) not blurred in the lossless output (mean "
+                             f"error {error[bad].max():.1f} > {allowed[bad].min():.1f})")
+
+
+def encode_output(data: bytes, img: image_io.DecodedImage, image: np.ndarray,
+                  xyxy: np.ndarray, reference: np.ndarray, settings, stored: bool) -> Output:
+    """The output bytes of one anonymized image (module doc). ``image``: the blurred picture,
+    ``xyxy`` the blurred boxes and ``reference`` the decoded input, all three in the output's
+    orientation: stored (``stored``, TFRecords) or upright (image files)."""
+    metadata = img.output_metadata(settings.keep_metadata)
+    if img.format != "jpeg":
+        return Output(image_io.encode(image, img.alpha, img.format, settings.jpeg_quality,
+                                      metadata))
+    reason = None
+    if settings.jpeg_mode != "lossless":
+        reason = f"jpeg_mode={settings.jpeg_mode}"
+    elif not stored and img.orientation != 1:
+        reason = (f"EXIF orientation {img.orientation}: written upright, which needs the "
+                  "blocks turned")
+    else:
+        try:
+            changed = cv2.absdiff(image, reference).max(axis=2) > 0
+            out, _, _ = jpeg_lossless.rewrite(data, image, xyxy,
+                                              image_io.jpeg_segments(metadata), changed)
+            self_check(out, reference, image, xyxy)
+            return Output(out, LOSSLESS)
+        except (jpeg_lossless.Unsupported, SelfCheckError) as e:
+            reason = str(e)
+        except Exception as e:  # anything else in the lossless path: the re-encode still works
+            log.warning("lossless JPEG writer failed, re-encoding: %s: %s", type(e).__name__, e)
+            reason = f"lossless writer error: {type(e).__name__}: {e}"
+    return Output(image_io.encode(image, None, "jpeg", settings.jpeg_quality, metadata),
+                  REENCODED, reason)

@@ -17,6 +17,7 @@ setup(
         "onnxruntime==1.32.0",
         "onnx==1.23.2",
         "pillow==12.3.0",
+        "pyjpegio==0.3.0",
         "av==18.1.0",
     ],
 )

@@ -53,7 +53,7 @@ def decode_pixels(data: bytes) -> np.ndarray:
     out = cv2.imdecode(np.frombuffer(data, np.uint8),
                        cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if out is None:
-        raise SelfCheckError("the lossless output does not decode")
+        raise SelfCheckError("the JPEG does not decode")
     return out
 
 

@@ -3,8 +3,8 @@
 ``python -m beam_anon.verify_jpeg --manifest 'OUT/manifest*.jsonl' [--json FILE]``
 
 For every ``ok`` record with ``jpeg: lossless`` (image folders; TFRecord images are skipped),
-the input and the output are decoded (upright, as the pipeline decodes) and compared on the
-output's MCU grid:
+the input and the output are decoded (as stored: lossless image outputs come only from inputs
+without an EXIF rotation) and compared on the output's MCU grid:
 
 * **outside**: pixels that differ outside the MCUs touched by the record's boxes grown by
   ``--margin`` MCUs (default 1: fancy chroma upsampling may touch a 1-pixel ring around a
@@ -28,8 +28,8 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from PIL import Image
 
-from beam_anon import image_io, jpeg_lossless
-from beam_anon.jpeg_output import LOSSLESS, REENCODED, outside_differences
+from beam_anon import jpeg_lossless
+from beam_anon.jpeg_output import LOSSLESS, REENCODED, decode_pixels, outside_differences
 from beam_anon.manifest import ManifestRecord
 
 FLAT_STD = 1.0
@@ -48,11 +48,11 @@ def _read(path: str) -> bytes:
         return f.read()
 
 
-def check_pair(source: bytes, output: bytes, xyxy: np.ndarray, margin: int,
-               max_pixels: int = 10**9) -> dict:
-    """``{outside, outside_strict, unchanged_boxes, size_ratio, mcu}`` for one input/output."""
-    before = image_io.decode(source, max_pixels).pixels
-    after = image_io.decode(output, max_pixels).pixels
+def check_pair(source: bytes, output: bytes, xyxy: np.ndarray, margin: int) -> dict:
+    """``{outside, outside_strict, unchanged_boxes, size_ratio, mcu}`` for one input/output,
+    compared as stored (EXIF orientation not applied: lossless image outputs come from inputs
+    with orientation 1, TFRecord images keep theirs); ``xyxy`` in stored pixels."""
+    before, after = decode_pixels(source), decode_pixels(output)
     if before.shape != after.shape:
         raise ValueError(f"output is {after.shape}, input {before.shape}")
     height, width = before.shape[:2]

@@ -267,3 +267,37 @@ def test_forward_transform_reproduces_the_files_coefficients(tmp_path, subsampli
     assert jpeg_lossless.replace_blocks(jpeg.coef_arrays, sampling, quant, pixels, mask) == mask.size
     luma = np.abs(np.array(jpeg.coef_arrays[0]) - original[0])
     assert luma.max() <= 1 and (luma == 0).mean() > 0.99
+
+
+def test_tfrecord_images_stay_stored_and_lossless_for_every_orientation(tmp_path):
+    """TFRecord images keep their stored orientation: the upright boxes are mapped back onto
+    the stored block grid, so an EXIF-rotated image is lossless too, blurred where it should."""
+    import tensorflow as tf
+    from test_tfrecord import _example, _read_tfrecords, _write_tfrecord
+
+    stored = texture(96, 64, 12)
+    data = pillow_jpeg(stored, exif=private_exif(6))     # upright: 64 wide, 96 tall
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    _write_tfrecord(src / "r.tfrecord", [_example(data, "rot.jpg")])
+    cli.main(["--input_format", "tfrecord", "--input", f"{src}/*", "--output", str(out),
+              "--quiet", "--runner=FnApiRunner"], anonymizer_factory=lambda s, m: BoxAnonymizer())
+    with open(out / "manifest.jsonl") as f:
+        record = ManifestRecord.from_json(f.readline())
+    assert (record.jpeg, record.width, record.height) == ("lossless", 64, 96)
+    [raw] = _read_tfrecords(f"{out}/data-*")
+    output = tf.train.Example.FromString(raw).features.feature["image/encoded"].bytes_list.value[0]
+    upright = decode(data, 10**8)
+    blurred = BoxAnonymizer().run(upright.pixels).image
+    expected = cv2.rotate(blurred, cv2.ROTATE_90_COUNTERCLOCKWISE)  # back to stored layout
+    written, source = decode(output, 10**8), jpeg_output.decode_pixels(data)
+    assert written.orientation == 1 and written.pixels.shape == stored.shape
+    xyxy = np.array([[b["x0"], b["y0"], b["x1"], b["y1"]] for b in record.boxes])
+    # stored box = upright box turned back (orientation 6: stored x = upright y, ...)
+    stored_xyxy = np.stack([xyxy[:, 1], 64 - xyxy[:, 2], xyxy[:, 3], 64 - xyxy[:, 0]], 1)
+    check = verify_jpeg.check_pair(data, output, stored_xyxy, margin=1)
+    assert check["outside"] == 0 and check["unchanged_boxes"] == []
+    for x0, y0, x1, y1 in jpeg_lossless.pixel_rects(stored_xyxy, 96, 64):
+        box = (slice(y0, y1), slice(x0, x1))
+        assert np.abs(written.pixels[box].astype(int) - expected[box]).mean() < 5
+        assert np.abs(written.pixels[box].astype(int) - source[box]).mean() > 10

@@ -9,8 +9,9 @@ one region and no block is written from two sources: the sgblur #102 failure can
 a box over the whole frame rewrites the whole frame, #42). The forward transform is JFIF's:
 YCbCr, chroma box-averaged to the component's sampling, minus 128, orthonormal 8x8 DCT, divided
 by the file's own quantization table, rounded. Subsampling, quantization tables, progressive
-mode and restart interval are the input's; Huffman tables are always re-optimized (the input's
-tables may lack codes the new blocks need, and baseline files may redefine tables per scan).
+mode and restart interval are the input's; so are the Huffman tables when they can code any
+block (:func:`keeps_huffman_tables`, the common case: one pass, no size change from coding),
+else they are re-optimized (the input's may lack codes the new blocks need).
 Decoding the output gives the input's pixels outside the rewritten MCUs; decoders with "fancy"
 chroma upsampling (libjpeg, OpenCV, Pillow) may change a 1-pixel ring around them in subsampled
 files (:data:`MARGIN_MCUS` covers it).
@@ -61,20 +62,32 @@ def pixel_rects(xyxy: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.clip(r, 0, [width, height, width, height]).astype(np.int64)
 
 
+def changed_pixels(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(H, W) uint8, non-zero where the BGR images ``a`` and ``b`` differ in any channel."""
+    channels = cv2.split(cv2.absdiff(a, b))
+    out = channels[0]
+    for c in channels[1:]:
+        out = cv2.bitwise_or(out, c)
+    return out
+
+
 def mcu_mask(xyxy: np.ndarray, width: int, height: int, mcu: tuple[int, int],
              changed: np.ndarray | None = None) -> np.ndarray:
     """(rows, cols) bool on the MCU grid (``mcu`` = (w, h) pixels): every MCU a box touches,
-    and every MCU holding a pixel where ``changed`` (H, W bool) is set."""
+    and every MCU holding a pixel where ``changed`` ((H, W) or (H, W, C) uint8, e.g.
+    ``cv2.absdiff`` of two pictures) is non-zero in some channel."""
     mw, mh = mcu
     rows, cols = -(-height // mh), -(-width // mw)
     mask = np.zeros((rows, cols), bool)
     for x0, y0, x1, y1 in pixel_rects(xyxy, width, height):
         if x1 > x0 and y1 > y0:
             mask[y0 // mh:-(-y1 // mh), x0 // mw:-(-x1 // mw)] = True
-    if changed is not None:
-        pad = np.zeros((rows * mh, cols * mw), bool)
-        pad[:height, :width] = changed
-        mask |= pad.reshape(rows, mh, cols, mw).any(axis=(1, 3))
+    if changed is not None:  # any non-zero byte per MCU, 8 bytes at a time (mw is 8k)
+        pad = cv2.copyMakeBorder(np.ascontiguousarray(changed, np.uint8), 0,
+                                 rows * mh - height, 0, cols * mw - width,
+                                 cv2.BORDER_CONSTANT, value=0)
+        words = pad.reshape(rows * mh, -1).view(np.uint64)
+        mask |= (words.reshape(rows, mh, cols, -1) != 0).any(axis=(1, 3))
     return mask
 
 
@@ -135,30 +148,61 @@ def replace_blocks(coefs: list[np.ndarray], sampling: list[tuple[int, int]],
     return n
 
 
-def quant_slots(data: bytes) -> dict[int, np.ndarray]:
-    """{slot: 8x8 table in natural order} of the DQT segments before the first scan."""
-    tables, pos = {}, 2
-    zigzag = _zigzag()
+def header_segments(data: bytes) -> tuple[list[tuple[int, bytes]], int]:
+    """``([(marker, payload)], offset of the first SOS)`` of a JPEG's header."""
+    segments, pos = [], 2
     while pos + 4 <= len(data) and data[pos] == 0xFF:
         marker = data[pos + 1]
         if marker == 0xFF:  # fill byte
             pos += 1
             continue
         if marker == 0xDA:
-            break
+            return segments, pos
         length = struct.unpack(">H", data[pos + 2:pos + 4])[0]
-        if marker == 0xDB:
-            body, p = data[pos + 4:pos + 2 + length], 0
-            while p < len(body):
-                precision, slot = body[p] >> 4, body[p] & 15
-                n = 128 if precision else 64
-                raw = np.frombuffer(body[p + 1:p + 1 + n], ">u2" if precision else np.uint8)
-                table = np.zeros(64, np.int64)
-                table[zigzag] = raw.astype(np.int64)
-                tables[slot] = table.reshape(8, 8)
-                p += 1 + n
+        segments.append((marker, data[pos + 4:pos + 2 + length]))
         pos += 2 + length
+    return segments, len(data)
+
+
+def quant_slots(data: bytes) -> dict[int, np.ndarray]:
+    """{slot: 8x8 table in natural order} of the DQT segments before the first scan."""
+    tables, zigzag = {}, _zigzag()
+    for marker, body in header_segments(data)[0]:
+        p = 0
+        while marker == 0xDB and p < len(body):
+            precision, slot = body[p] >> 4, body[p] & 15
+            n = 128 if precision else 64
+            raw = np.frombuffer(body[p + 1:p + 1 + n], ">u2" if precision else np.uint8)
+            table = np.zeros(64, np.int64)
+            table[zigzag] = raw.astype(np.int64)
+            tables[slot] = table.reshape(8, 8)
+            p += 1 + n
     return tables
+
+
+_DC_SYMBOLS = set(range(12))
+_AC_SYMBOLS = {0x00, 0xF0} | {run << 4 | size for run in range(16) for size in range(1, 11)}
+
+
+def keeps_huffman_tables(data: bytes, progressive: bool) -> bool:
+    """True when the file's own Huffman tables can code any 8-bit block: a baseline file whose
+    tables (all defined before its first scan, none redefined later) hold every DC and AC
+    symbol, as the standard tables of most cameras and libjpeg do. Otherwise the tables must be
+    re-optimized (libjpeg-turbo would write a missing code silently wrong)."""
+    segments, sos = header_segments(data)
+    if progressive or data.find(b"\xff\xc4", sos) >= 0:
+        return False
+    found = False
+    for marker, body in segments:
+        p = 0
+        while marker == 0xC4 and p + 17 <= len(body):
+            kind, counts = body[p] >> 4, body[p + 1:p + 17]
+            symbols = set(body[p + 17:p + 17 + sum(counts)])
+            if not symbols >= (_AC_SYMBOLS if kind else _DC_SYMBOLS):
+                return False
+            found = True
+            p += 17 + sum(counts)
+    return found
 
 
 def _zigzag() -> np.ndarray:
@@ -234,7 +278,7 @@ def rewrite(data: bytes, image: np.ndarray, xyxy: np.ndarray,
         height, width = image.shape[:2]
         mask = mcu_mask(xyxy, width, height, mcu, changed)
         replace_blocks(jpeg.coef_arrays, sampling, quant, image, mask)
-        jpeg.optimize_coding = True
+        jpeg.optimize_coding = not keeps_huffman_tables(data, bool(jpeg.progressive_mode))
         jpeg.markers = _markers(jpeg, segments)
         try:
             jpeg.write(dst)

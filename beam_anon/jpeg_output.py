@@ -63,7 +63,7 @@ def outside_differences(reference: np.ndarray, decoded: np.ndarray, mask: np.nda
     grown by ``margin`` MCUs."""
     height, width = reference.shape[:2]
     inside = jpeg_lossless.pixel_mask(mask, mcu, width, height, margin)
-    differ = cv2.absdiff(reference, decoded).max(axis=2) > 0
+    differ = jpeg_lossless.changed_pixels(reference, decoded) > 0
     return int((differ & ~inside).sum())
 
 
@@ -110,9 +110,8 @@ def encode_output(data: bytes, img: image_io.DecodedImage, image: np.ndarray,
                   "blocks turned")
     else:
         try:
-            changed = cv2.absdiff(image, reference).max(axis=2) > 0
-            out, _, _ = jpeg_lossless.rewrite(data, image, xyxy,
-                                              image_io.jpeg_segments(metadata), changed)
+            out, _, _ = jpeg_lossless.rewrite(data, image, xyxy, image_io.jpeg_segments(metadata),
+                                              cv2.absdiff(image, reference))
             self_check(out, reference, image, xyxy)
             return Output(out, LOSSLESS)
         except (jpeg_lossless.Unsupported, SelfCheckError) as e:

@@ -92,6 +92,7 @@ LOSSLESS_CASES = {
                                                               cv2.IMWRITE_JPEG_RST_INTERVAL, 3])[1]
     .tobytes(),
     "whole_frame.jpg": pillow_jpeg(texture(WHOLE_FRAME_WIDTH, 70, 6)),
+    "optimized_tables.jpg": pillow_jpeg(texture(180, 100, 13), optimize=True),
     "no_box.jpg": pillow_jpeg(texture(NO_BOX_WIDTH, 64, 7)),
     "metadata.jpg": insert_app1(with_private_metadata(pillow_jpeg(
         texture(160, 112, 8), icc_profile=ICC, comment=b"SECRET-COMMENT")),
@@ -301,3 +302,27 @@ def test_tfrecord_images_stay_stored_and_lossless_for_every_orientation(tmp_path
         box = (slice(y0, y1), slice(x0, x1))
         assert np.abs(written.pixels[box].astype(int) - expected[box]).mean() < 5
         assert np.abs(written.pixels[box].astype(int) - source[box]).mean() > 10
+
+
+def test_huffman_tables_kept_only_when_they_can_code_any_block():
+    standard = pillow_jpeg(texture(64, 48))
+    assert jpeg_lossless.keeps_huffman_tables(standard, progressive=False)
+    assert not jpeg_lossless.keeps_huffman_tables(standard, progressive=True)
+    assert not jpeg_lossless.keeps_huffman_tables(pillow_jpeg(texture(64, 48), optimize=True),
+                                                  progressive=False)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_changed_pixels_mark_their_mcus(seed):
+    rng = np.random.default_rng(seed)
+    height, width = (int(v) for v in rng.integers(1, 80, 2))
+    mcu = [(8, 8), (16, 16), (16, 8), (32, 16)][seed % 4]
+    changed = np.zeros((height, width, 3), np.uint8)
+    for _ in range(int(rng.integers(0, 4))):
+        changed[rng.integers(0, height), rng.integers(0, width), rng.integers(0, 3)] = 7
+    rows, cols = -(-height // mcu[1]), -(-width // mcu[0])
+    expected = np.zeros((rows, cols), bool)
+    for y, x in zip(*np.nonzero(changed.any(axis=2))):
+        expected[y // mcu[1], x // mcu[0]] = True
+    assert np.array_equal(jpeg_lossless.mcu_mask(np.zeros((0, 4)), width, height, mcu, changed),
+                          expected)

@@ -101,6 +101,7 @@ LOSSLESS_CASES = {
 OTHER_CASES = {
     "orientation6.jpg": insert_app1(pillow_jpeg(texture(96, 64, 9)), exif_with_thumbnail(6, THUMB)),
     "cmyk.jpg": pillow_jpeg(texture(80, 48, 10), mode="CMYK"),
+    "rgb_coded.jpg": pillow_jpeg(texture(80, 48, 14), keep_rgb=True),
     "truncated.jpg": pillow_jpeg(texture(400, 300, 11))[:3000],
 }
 
@@ -210,6 +211,8 @@ def test_fallbacks_are_recorded(run):
     assert Image.open(io.BytesIO(output)).size == (64, 96)          # upright
     cmyk = records["cmyk.jpg"]
     assert (cmyk.status, cmyk.jpeg) == ("ok", "reencoded") and "CMYK" in cmyk.jpeg_reason
+    rgb = records["rgb_coded.jpg"]
+    assert (rgb.status, rgb.jpeg) == ("ok", "reencoded") and "RGB-coded" in rgb.jpeg_reason
     truncated = records["truncated.jpg"]
     assert truncated.status == "failed" and truncated.output is None and truncated.jpeg is None
 

@@ -269,8 +269,9 @@ def test_forward_transform_reproduces_the_files_coefficients(tmp_path, subsampli
     mcu = (8 * max(h for h, _ in sampling), 8 * max(v for _, v in sampling))
     mask = np.ones((-(-48 // mcu[1]), -(-64 // mcu[0])), bool)
     assert jpeg_lossless.replace_blocks(jpeg.coef_arrays, sampling, quant, pixels, mask) == mask.size
-    luma = np.abs(np.array(jpeg.coef_arrays[0]) - original[0])
-    assert luma.max() <= 1 and (luma == 0).mean() > 0.99
+    for new, old in zip(jpeg.coef_arrays, original):  # luma; chroma (decoded upsampled: +-1)
+        error = np.abs(np.array(new) - old)
+        assert error.max() <= 1 and (error == 0).mean() > 0.95
 
 
 def test_tfrecord_images_stay_stored_and_lossless_for_every_orientation(tmp_path):

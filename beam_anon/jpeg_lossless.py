@@ -114,6 +114,31 @@ def _ycc(bgr: np.ndarray, grey: bool) -> list[np.ndarray]:
     return [y, -0.168736 * r - 0.331264 * g + 0.5 * b, 0.5 * r - 0.418688 * g - 0.081312 * b]
 
 
+def _tiles(image: np.ndarray, my: np.ndarray, mx: np.ndarray, mw: int, mh: int) -> np.ndarray:
+    """(N, mh, mw, 3) copies of the MCUs (my, mx) of ``image``, edge pixels repeated past its
+    right and bottom border (as libjpeg pads)."""
+    height, width = image.shape[:2]
+    full_rows, full_cols = height // mh, width // mw
+    inner = (my < full_rows) & (mx < full_cols)
+    tiles = np.empty((len(my), mh, mw, 3), image.dtype)
+    grid = image[:full_rows * mh, :full_cols * mw].reshape(full_rows, mh, full_cols, mw, 3)
+    tiles[inner] = grid[my[inner], :, mx[inner]]
+    for i in np.nonzero(~inner)[0]:
+        y, x = my[i] * mh, mx[i] * mw
+        part = image[y:y + mh, x:x + mw]
+        tiles[i] = cv2.copyMakeBorder(part, 0, mh - part.shape[0], 0, mw - part.shape[1],
+                                      cv2.BORDER_REPLICATE)
+    return tiles
+
+
+def _downsample(plane: np.ndarray, sy: int, sx: int) -> np.ndarray:
+    """(N, h, w) -> (N, h / sy, w / sx): the mean of each sy x sx cell (chroma subsampling)."""
+    if sy == sx == 1:
+        return plane
+    total = sum(plane[:, dy::sy, dx::sx] for dy in range(sy) for dx in range(sx))
+    return total * np.float32(1.0 / (sy * sx))
+
+
 def replace_blocks(coefs: list[np.ndarray], sampling: list[tuple[int, int]],
                    quant: list[np.ndarray], image: np.ndarray, mask: np.ndarray) -> int:
     """Overwrite, in place, every block of the MCUs in ``mask`` in ``coefs`` (per component,
@@ -125,18 +150,12 @@ def replace_blocks(coefs: list[np.ndarray], sampling: list[tuple[int, int]],
         return 0
     hmax, vmax = max(h for h, _ in sampling), max(v for _, v in sampling)
     mw, mh = 8 * hmax, 8 * vmax
-    height, width = image.shape[:2]
-    rows, cols = mask.shape
-    if rows * mh != height or cols * mw != width:
-        image = cv2.copyMakeBorder(image, 0, rows * mh - height, 0, cols * mw - width,
-                                   cv2.BORDER_REPLICATE)
-    tiles = image.reshape(rows, mh, cols, mw, 3)[my, :, mx]      # (N, mh, mw, 3) selected MCUs
+    tiles = _tiles(image, my, mx, mw, mh)
     planes = _ycc(tiles, len(sampling) == 1)
     n = len(my)
     for comp, plane, (h, v), q in zip(coefs, planes, sampling, quant):
         sy, sx = vmax // v, hmax // h
-        if sy > 1 or sx > 1:
-            plane = plane.reshape(n, mh // sy, sy, mw // sx, sx).mean((2, 4))
+        plane = _downsample(plane, sy, sx)
         blocks = plane.reshape(n, v, 8, h, 8).transpose(0, 1, 3, 2, 4)   # (N, v, h, 8, 8)
         gy = (my[:, None, None] * v + np.arange(v)[None, :, None]).repeat(h, 2)
         gx = (mx[:, None, None] * h + np.arange(h)[None, None, :]).repeat(v, 1)

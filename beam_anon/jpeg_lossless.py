@@ -27,6 +27,7 @@ sampling, an image whose size differs from the coefficients'. Units: pixels, xyx
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import tempfile
@@ -38,7 +39,6 @@ import numpy as np
 MARGIN_MCUS = 1
 _GREY, _YCC = 1, 3              # libjpeg J_COLOR_SPACE values of the files we rewrite
 _NAMES = {2: "RGB-coded", 4: "CMYK", 5: "YCCK"}
-_TMP = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 
 
 class Unsupported(ValueError):
@@ -280,6 +280,23 @@ def _check_layout(jpeg, data: bytes, image: np.ndarray):
     return sampling, quant
 
 
+@contextlib.contextmanager
+def _scratch_files():
+    """Two paths for the coefficient library, which reads and writes files only: anonymous
+    memory (``memfd``, Linux) so no copy of an un-anonymized input can outlive the process,
+    else a private temporary folder."""
+    if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
+        fds = [os.memfd_create(f"beam_anon_jpeg_{n}") for n in ("in", "out")]
+        try:
+            yield [f"/proc/self/fd/{fd}" for fd in fds]
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return
+    with tempfile.TemporaryDirectory(prefix="beam_anon_jpeg_") as tmp:
+        yield os.path.join(tmp, "in.jpg"), os.path.join(tmp, "out.jpg")
+
+
 def rewrite(data: bytes, image: np.ndarray, xyxy: np.ndarray,
             segments: list[tuple[int, bytes]], changed: np.ndarray | None = None
             ) -> tuple[bytes, np.ndarray, tuple[int, int]]:
@@ -287,8 +304,7 @@ def rewrite(data: bytes, image: np.ndarray, xyxy: np.ndarray,
     of ``changed`` pixels replaced by ``image``'s (uint8 BGR, stored orientation, the blurred
     picture), every other coefficient copied, markers rebuilt (module doc).
     Returns ``(bytes, MCU mask, (mcu width, mcu height))``; raises :class:`Unsupported`."""
-    with tempfile.TemporaryDirectory(dir=_TMP, prefix="beam_anon_jpeg_") as tmp:
-        src, dst = os.path.join(tmp, "in.jpg"), os.path.join(tmp, "out.jpg")
+    with _scratch_files() as (src, dst):
         with open(src, "wb") as f:
             f.write(data)
         jpeg = _read(src)

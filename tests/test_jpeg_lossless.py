@@ -330,3 +330,18 @@ def test_changed_pixels_mark_their_mcus(seed):
         expected[y // mcu[1], x // mcu[0]] = True
     assert np.array_equal(jpeg_lossless.mcu_mask(np.zeros((0, 4)), width, height, mcu, changed),
                           expected)
+
+
+@pytest.mark.parametrize("memfd", [True, False])
+def test_scratch_files_leave_nothing_behind(monkeypatch, tmp_path, memfd):
+    """The coefficient library reads files: anonymous memory where there is memfd, else a
+    private temporary folder, removed after the write either way."""
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    if not memfd:
+        monkeypatch.delattr(os, "memfd_create", raising=False)
+    data = LOSSLESS_CASES["s444.jpg"]
+    pixels = decode(data, 10**8).pixels
+    out, mask, mcu = jpeg_lossless.rewrite(data, pixels, np.array([[0, 0, 10, 10]]), [])
+    assert mcu == (8, 8) and mask.sum() == 4 and decode(out, 10**8).width == 200
+    assert list(tmp_path.iterdir()) == []

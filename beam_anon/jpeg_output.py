@@ -98,13 +98,15 @@ def encode_output(data: bytes, img: image_io.DecodedImage, image: np.ndarray,
     """The output bytes of one anonymized image (module doc). ``image``: the blurred picture,
     ``xyxy`` the blurred boxes and ``reference`` the decoded input, all three in the output's
     orientation: stored (``stored``, TFRecords) or upright (image files)."""
+    if settings.jpeg_mode not in MODES:
+        raise ValueError(f"unknown jpeg_mode {settings.jpeg_mode!r}: {' or '.join(MODES)}")
     metadata = img.output_metadata(settings.keep_metadata)
     if img.format != "jpeg":
         return Output(image_io.encode(image, img.alpha, img.format, settings.jpeg_quality,
                                       metadata))
     reason = None
-    if settings.jpeg_mode != "lossless":
-        reason = f"jpeg_mode={settings.jpeg_mode}"
+    if settings.jpeg_mode == "reencode":
+        reason = "jpeg_mode=reencode"
     elif not stored and img.orientation != 1:
         reason = (f"EXIF orientation {img.orientation}: written upright, which needs the "
                   "blocks turned")

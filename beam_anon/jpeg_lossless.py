@@ -71,24 +71,31 @@ def changed_pixels(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-def mcu_mask(xyxy: np.ndarray, width: int, height: int, mcu: tuple[int, int],
-             changed: np.ndarray | None = None) -> np.ndarray:
-    """(rows, cols) bool on the MCU grid (``mcu`` = (w, h) pixels): every MCU a box touches,
-    and every MCU holding a pixel where ``changed`` ((H, W) or (H, W, C) uint8, e.g.
-    ``cv2.absdiff`` of two pictures) is non-zero in some channel."""
+def mcu_mask(xyxy: np.ndarray, width: int, height: int, mcu: tuple[int, int]) -> np.ndarray:
+    """(rows, cols) bool on the MCU grid (``mcu`` = (w, h) pixels): every MCU a box touches."""
     mw, mh = mcu
-    rows, cols = -(-height // mh), -(-width // mw)
-    mask = np.zeros((rows, cols), bool)
+    mask = np.zeros((-(-height // mh), -(-width // mw)), bool)
     for x0, y0, x1, y1 in pixel_rects(xyxy, width, height):
         if x1 > x0 and y1 > y0:
             mask[y0 // mh:-(-y1 // mh), x0 // mw:-(-x1 // mw)] = True
-    if changed is not None:  # any non-zero byte per MCU, 8 bytes at a time (mw is 8k)
-        pad = cv2.copyMakeBorder(np.ascontiguousarray(changed, np.uint8), 0,
-                                 rows * mh - height, 0, cols * mw - width,
-                                 cv2.BORDER_CONSTANT, value=0)
-        words = pad.reshape(rows * mh, -1).view(np.uint64)
-        mask |= (words.reshape(rows, mh, cols, -1) != 0).any(axis=(1, 3))
     return mask
+
+
+def changed_mcus(a: np.ndarray, b: np.ndarray, mcu: tuple[int, int]) -> np.ndarray:
+    """(rows, cols) bool: the MCUs where the uint8 pictures ``a`` and ``b`` (H, W[, C]) differ
+    in some sample; compared 8 bytes at a time when a row is a whole number of 8-byte words."""
+    mw, mh = mcu
+    height, width = a.shape[:2]
+    rows, cols = -(-height // mh), -(-width // mw)
+    per_pixel = a.size // (height * width)
+    if (width * per_pixel) % 8 == 0:
+        words = [np.ascontiguousarray(x).reshape(height, -1).view(np.uint64) for x in (a, b)]
+        differ, unit = words[0] != words[1], mw * per_pixel // 8   # unit: words per MCU row
+    else:
+        differ, unit = (a != b).reshape(height, -1), mw * per_pixel
+    grid = np.zeros((rows * mh, cols * unit), bool)
+    grid[:height, :differ.shape[1]] = differ
+    return grid.reshape(rows, mh, cols, unit).any(axis=(1, 3))
 
 
 def pixel_mask(mask: np.ndarray, mcu: tuple[int, int], width: int, height: int,
@@ -298,11 +305,12 @@ def _scratch_files():
 
 
 def rewrite(data: bytes, image: np.ndarray, xyxy: np.ndarray,
-            segments: list[tuple[int, bytes]], changed: np.ndarray | None = None
+            segments: list[tuple[int, bytes]], reference: np.ndarray | None = None
             ) -> tuple[bytes, np.ndarray, tuple[int, int]]:
-    """The JPEG ``data`` with the MCUs of ``xyxy`` (boxes, pixels of the stored orientation) and
-    of ``changed`` pixels replaced by ``image``'s (uint8 BGR, stored orientation, the blurred
-    picture), every other coefficient copied, markers rebuilt (module doc).
+    """The JPEG ``data`` with the MCUs of ``xyxy`` (boxes, pixels of the stored orientation),
+    and those where ``image`` differs from ``reference`` (the decoded input), replaced by
+    ``image``'s (uint8 BGR, stored orientation, the blurred picture); every other coefficient
+    copied, markers rebuilt (module doc).
     Returns ``(bytes, MCU mask, (mcu width, mcu height))``; raises :class:`Unsupported`."""
     with _scratch_files() as (src, dst):
         with open(src, "wb") as f:
@@ -311,7 +319,9 @@ def rewrite(data: bytes, image: np.ndarray, xyxy: np.ndarray,
         sampling, quant = _check_layout(jpeg, data, image)
         mcu = (8 * max(h for h, _ in sampling), 8 * max(v for _, v in sampling))
         height, width = image.shape[:2]
-        mask = mcu_mask(xyxy, width, height, mcu, changed)
+        mask = mcu_mask(xyxy, width, height, mcu)
+        if reference is not None:
+            mask |= changed_mcus(image, reference, mcu)
         replace_blocks(jpeg.coef_arrays, sampling, quant, image, mask)
         jpeg.optimize_coding = not keeps_huffman_tables(data, bool(jpeg.progressive_mode))
         jpeg.markers = _markers(jpeg, segments)

@@ -120,7 +120,7 @@ def encode_output(data: bytes, img: image_io.DecodedImage, image: np.ndarray,
     else:
         try:
             out, _, _ = jpeg_lossless.rewrite(data, image, xyxy, image_io.jpeg_segments(metadata),
-                                              cv2.absdiff(image, reference))
+                                              reference)
             self_check(out, reference, image, xyxy)
             return Output(out, LOSSLESS)
         except (jpeg_lossless.Unsupported, SelfCheckError) as e:

@@ -249,9 +249,9 @@ def test_neighbouring_boxes_are_one_region():
     assert np.array_equal(mask, expected)
     full = jpeg_lossless.mcu_mask(np.array([[0, 0, 100, 50]]), 100, 50, (16, 16))
     assert full.all() and full.shape == (4, 7)
-    changed = np.zeros((50, 100), bool)
-    changed[49, 99] = True
-    assert jpeg_lossless.mcu_mask(np.zeros((0, 4)), 100, 50, (16, 16), changed)[3, 6]
+    changed = np.zeros((50, 100, 3), np.uint8)
+    changed[49, 99, 2] = 1
+    assert np.argwhere(jpeg_lossless.changed_mcus(changed, changed * 0, (16, 16))).tolist() == [[3, 6]]
 
 
 @pytest.mark.parametrize("subsampling", [0, 2])
@@ -319,17 +319,17 @@ def test_huffman_tables_kept_only_when_they_can_code_any_block():
 @pytest.mark.parametrize("seed", range(40))
 def test_changed_pixels_mark_their_mcus(seed):
     rng = np.random.default_rng(seed)
-    height, width = (int(v) for v in rng.integers(1, 80, 2))
+    height, width = (int(v) for v in rng.integers(1, 80, 2))  # widths of 8k: 8-byte words
     mcu = [(8, 8), (16, 16), (16, 8), (32, 16)][seed % 4]
-    changed = np.zeros((height, width, 3), np.uint8)
+    before = rng.integers(0, 255, (height, width, 3)).astype(np.uint8)
+    after = before.copy()
     for _ in range(int(rng.integers(0, 4))):
-        changed[rng.integers(0, height), rng.integers(0, width), rng.integers(0, 3)] = 7
+        after[rng.integers(0, height), rng.integers(0, width), rng.integers(0, 3)] ^= 8
     rows, cols = -(-height // mcu[1]), -(-width // mcu[0])
     expected = np.zeros((rows, cols), bool)
-    for y, x in zip(*np.nonzero(changed.any(axis=2))):
+    for y, x in zip(*np.nonzero((before != after).any(axis=2))):
         expected[y // mcu[1], x // mcu[0]] = True
-    assert np.array_equal(jpeg_lossless.mcu_mask(np.zeros((0, 4)), width, height, mcu, changed),
-                          expected)
+    assert np.array_equal(jpeg_lossless.changed_mcus(before, after, mcu), expected)
 
 
 @pytest.mark.parametrize("memfd", [True, False])

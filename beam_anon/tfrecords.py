@@ -8,9 +8,10 @@
   kept for dead letters); a bad length CRC, truncation or a broken compressed stream fails "the
   rest of the shard" as one record. Nothing crashes the pipeline.
 * Each image (every value of every ``image_keys`` feature) goes through the shared per-image
-  core (:meth:`beam_anon.transforms.AnonymizeFn.anonymize_pixels`) and is re-encoded in its own
+  core (:meth:`beam_anon.transforms.AnonymizeFn.anonymize_pixels`) and is written in its own
   format and its stored orientation (``tf.io.decode_jpeg`` ignores EXIF, so the dataset's boxes
-  keep matching). Every other feature is left as parsed and reserialized.
+  keep matching); JPEG: only the blurred boxes' blocks are rewritten, at every EXIF orientation
+  (:mod:`beam_anon.jpeg_output`). Every other feature is left as parsed and reserialized.
 * Fail closed per Example: a missing image key, an undecodable image, a detector error, or
   JPEG/PNG bytes under an unlisted key (unless ``keep_other_images``) -> the Example is not
   written and all its manifest records are ``failed``.

@@ -8,9 +8,12 @@ Policy (``Settings.jpeg_mode``, recorded per image in the manifest's ``jpeg`` an
   only the MCUs touched by a blurred box (or holding a pixel the blur changed) are replaced, every
   other coefficient is the input's. An image with no box keeps all its coefficients.
 * ``reencoded`` with the reason: ``--jpeg_mode reencode``; an EXIF orientation other than 1 on
-  an upright output (the blocks live in the stored orientation; turning them needs a transposed
-  block grid the library cannot write, so the picture is re-encoded upright as before, quality
-  ``jpeg_quality``); a file the coefficient library cannot rewrite (CMYK, YCCK, RGB-coded,
+  an upright output (re-encoded upright as before, quality ``jpeg_quality``). The blocks live
+  in the stored orientation: the 90-degree turns (5-8, phones) need a transposed block grid the
+  library cannot write; the mirrors (2-4) can be done on the coefficients (tried: block order
+  and odd-frequency signs), but libjpeg's integer IDCT and chroma upsampling round differently
+  on mirrored blocks, so such an output would decode 1 level off the input almost everywhere
+  and the pixel-exact check below would not hold. Rare in dashcam and street data; a file the coefficient library cannot rewrite (CMYK, YCCK, RGB-coded,
   12-bit, lossless, damaged: ``jpeg_lossless.Unsupported``); or a lossless output that failed
   its self-check. TFRecord images keep their stored orientation, so every orientation is
   lossless there.
@@ -115,8 +118,8 @@ def encode_output(data: bytes, img: image_io.DecodedImage, image: np.ndarray,
     if settings.jpeg_mode == "reencode":
         reason = "jpeg_mode=reencode"
     elif not stored and img.orientation != 1:
-        reason = (f"EXIF orientation {img.orientation}: written upright, which needs the "
-                  "blocks turned")
+        reason = (f"EXIF orientation {img.orientation}: the output is upright and its blocks "
+                  "cannot be turned or mirrored pixel-exactly")
     else:
         try:
             out, _, _ = jpeg_lossless.rewrite(data, image, xyxy, image_io.jpeg_segments(metadata),

@@ -140,8 +140,6 @@ def floor(paths: list[str], repeat: int, lossless: bool = False) -> float:
     """Images/s of decode + encode only, one process: re-encoded at the default quality, or
     (``lossless``) the lossless JPEG write of a box over the centre 10 % of each image (filled
     by the cheap ``solid`` blur; PNGs are re-encoded either way)."""
-    import numpy as np
-
     from beam_anon import image_io, jpeg_output
     from beam_anon.blur import blur_boxes
     from beam_anon.boxes import Detections

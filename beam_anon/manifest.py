@@ -18,7 +18,8 @@ height        int | null        height, likewise
 format        str | null        ``jpeg`` | ``png``; the output has the same format as the input
 jpeg          str | null        JPEG outputs: ``lossless`` (only the MCUs of the blurred boxes
                                 were rewritten, every other DCT coefficient is the input's) or
-                                ``reencoded`` (whole picture re-encoded); null for PNG, failed
+                                ``reencoded`` (whole picture re-encoded); null for PNG and for
+                                images that failed before their output was encoded
 jpeg_reason   str | null        why ``reencoded`` (``jpeg_mode=reencode``, EXIF orientation, CMYK,
                                 12-bit, ...; ``beam_anon.jpeg_output``)
 boxes         list              regions actually blurred, one per object: ``{label, score, x0,

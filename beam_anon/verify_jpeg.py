@@ -43,6 +43,14 @@ def mcu_size(data: bytes) -> tuple[int, int]:
     return 8 * max(h for _, h, _, _ in layers), 8 * max(v for _, _, v, _ in layers)
 
 
+def manifest_boxes(record: ManifestRecord) -> np.ndarray:
+    """(N, 4) xyxy of a record's boxes, each grown by the manifest's rounding (2 decimals), so a
+    box edge at 463.996 written as 464.0 still covers pixel row 463 as the blur did."""
+    xyxy = np.array([[b["x0"], b["y0"], b["x1"], b["y1"]] for b in record.boxes],
+                    np.float64).reshape(-1, 4)
+    return xyxy + [-0.005, -0.005, 0.005, 0.005]
+
+
 def _read(path: str) -> bytes:
     with FileSystems.open(path) as f:
         return f.read()
@@ -80,10 +88,8 @@ def verify(records: list[ManifestRecord], margin: int = jpeg_lossless.MARGIN_MCU
             continue
         if r.jpeg != LOSSLESS or "#" in r.input:  # TFRecord images: no file to compare
             continue
-        xyxy = np.array([[b["x0"], b["y0"], b["x1"], b["y1"]] for b in r.boxes],
-                        np.float64).reshape(-1, 4)
         try:
-            result = check_pair(_read(r.input), _read(r.output), xyxy, margin)
+            result = check_pair(_read(r.input), _read(r.output), manifest_boxes(r), margin)
         except Exception as e:
             result = {"error": f"{type(e).__name__}: {e}"}
         result["key"] = r.key

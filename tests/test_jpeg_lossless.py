@@ -145,7 +145,7 @@ def test_lossless_outside_the_blurred_mcus(run, name):
     record = records[name]
     assert (record.status, record.jpeg, record.jpeg_reason) == ("ok", "lossless", None)
     source, output = LOSSLESS_CASES[name], open(record.output, "rb").read()
-    xyxy = np.array([[b["x0"], b["y0"], b["x1"], b["y1"]] for b in record.boxes]).reshape(-1, 4)
+    xyxy = verify_jpeg.manifest_boxes(record)
     check = verify_jpeg.check_pair(source, output, xyxy, margin=1)
     assert check["outside"] == 0 and check["unchanged_boxes"] == []
     # bit-exact coefficients outside the boxes' MCUs, every block of them rewritten
@@ -297,7 +297,7 @@ def test_tfrecord_images_stay_stored_and_lossless_for_every_orientation(tmp_path
     expected = cv2.rotate(blurred, cv2.ROTATE_90_COUNTERCLOCKWISE)  # back to stored layout
     written, source = decode(output, 10**8), jpeg_output.decode_pixels(data)
     assert written.orientation == 1 and written.pixels.shape == stored.shape
-    xyxy = np.array([[b["x0"], b["y0"], b["x1"], b["y1"]] for b in record.boxes])
+    xyxy = verify_jpeg.manifest_boxes(record)
     # stored box = upright box turned back (orientation 6: stored x = upright y, ...)
     stored_xyxy = np.stack([xyxy[:, 1], 64 - xyxy[:, 2], xyxy[:, 3], 64 - xyxy[:, 0]], 1)
     check = verify_jpeg.check_pair(data, output, stored_xyxy, margin=1)

@@ -26,6 +26,7 @@ setup(
         "onnx==1.23.2",
         "tf2onnx==1.17.0",
         "pillow==12.3.0",
+        "pyjpegio==0.3.0",
         "av==18.1.0",
         "ai-edge-litert==2.3.0",
     ],

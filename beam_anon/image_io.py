@@ -258,19 +258,26 @@ def _allowed_exif(exif: Image.Exif | None) -> bytes | None:
 
 # --- writing metadata into encoded bytes ------------------------------------------------------
 
-def _jpeg_with_metadata(jpeg: bytes, meta: ImageMetadata) -> bytes:
-    """Insert APP1 Exif and APP2 ICC_PROFILE segments after SOI/APP0 of OpenCV's JPEG."""
-    segments = b""
+def jpeg_segments(meta: ImageMetadata) -> list[tuple[int, bytes]]:
+    """``[(marker, payload)]`` of the JPEG segments that carry ``meta``: APP1 Exif (allow-listed
+    tags only) and APP2 ICC_PROFILE chunks; built from ``meta``, never copied from a file."""
+    segments = []
     if meta.exif:
         exif = meta.exif if meta.exif.startswith(b"Exif") else b"Exif\x00\x00" + meta.exif
         if len(exif) <= 65533:
-            segments += b"\xff\xe1" + struct.pack(">H", len(exif) + 2) + exif
+            segments.append((0xE1, exif))
     if meta.icc_profile:
         icc = meta.icc_profile
         chunks = [icc[i:i + 65519] for i in range(0, len(icc), 65519)]
         for n, chunk in enumerate(chunks, 1):
-            body = b"ICC_PROFILE\x00" + bytes([n, len(chunks)]) + chunk
-            segments += b"\xff\xe2" + struct.pack(">H", len(body) + 2) + body
+            segments.append((0xE2, b"ICC_PROFILE\x00" + bytes([n, len(chunks)]) + chunk))
+    return segments
+
+
+def _jpeg_with_metadata(jpeg: bytes, meta: ImageMetadata) -> bytes:
+    """Insert the :func:`jpeg_segments` after SOI/APP0 of OpenCV's JPEG."""
+    segments = b"".join(bytes([0xFF, marker]) + struct.pack(">H", len(body) + 2) + body
+                        for marker, body in jpeg_segments(meta))
     pos = 2
     if jpeg[2:4] == b"\xff\xe0":  # keep JFIF APP0 first
         pos = 4 + struct.unpack(">H", jpeg[4:6])[0]

@@ -16,6 +16,12 @@ error_type    str | null        exception class name, e.g. ``ImageError``, ``OSE
 width         int | null        width of the orientation-corrected image, pixels (null if undecoded)
 height        int | null        height, likewise
 format        str | null        ``jpeg`` | ``png``; the output has the same format as the input
+jpeg          str | null        JPEG outputs: ``lossless`` (only the MCUs of the blurred boxes
+                                were rewritten, every other DCT coefficient is the input's) or
+                                ``reencoded`` (whole picture re-encoded); null for PNG and for
+                                images that failed before their output was encoded
+jpeg_reason   str | null        why ``reencoded`` (``jpeg_mode=reencode``, EXIF orientation, CMYK,
+                                12-bit, ...; ``beam_anon.jpeg_output``)
 boxes         list              regions actually blurred, one per object: ``{label, score, x0,
                                 y0, x1, y1, models}``, label ``face`` | ``plate``, score in
                                 [0, 1], corners in pixels of the orientation-corrected input (x1,
@@ -75,6 +81,8 @@ class ManifestRecord:
     width: int | None = None
     height: int | None = None
     format: str | None = None
+    jpeg: str | None = None
+    jpeg_reason: str | None = None
     boxes: list[dict] = field(default_factory=list)
     models: list[dict] = field(default_factory=list)
     settings: dict = field(default_factory=dict)

@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 
 from beam_anon.blur import MODES as BLUR_MODES
+from beam_anon.jpeg_output import MODES as JPEG_MODES
 from beam_anon.plan import PRESETS, preset, preset_summary
 from beam_anon.settings import Settings
 
@@ -109,7 +110,12 @@ SETTINGS_HELP = {
     "review_max_fraction": "fill OUTPUT/review.jsonl with the next riskiest images up to this "
                            "share of all images (0: only the queued ones: failures, survivors "
                            "of verification, qualified near-threshold detections)",
-    "jpeg_quality": "JPEG output quality, 1-100",
+    "jpeg_mode": "JPEG outputs: lossless (only the 8/16-px blocks holding blurred pixels are "
+                 "rewritten, every other block is the input's, bit for bit) | reencode (the "
+                 "whole picture re-encoded at --jpeg_quality); the manifest's jpeg field says "
+                 "which path each image took and why (beam_anon.jpeg_output)",
+    "jpeg_quality": "quality of re-encoded JPEG outputs, 1-100 (--jpeg_mode reencode and the "
+                    "lossless mode's fallbacks)",
     "keep_metadata": "keep allow-listed EXIF (capture time, exposure; never GPS, camera, serial "
                      "numbers or thumbnail; see beam_anon.image_io) (true/false)",
     "max_pixels": "images with more pixels fail with a clear error (decompression-bomb guard)",
@@ -154,6 +160,8 @@ def _field_argument(parser, f: dataclasses.Field) -> None:
         kw["type"] = type(default)
     if f.name == "blur_mode":
         kw["choices"] = BLUR_MODES
+    if f.name == "jpeg_mode":
+        kw["choices"] = JPEG_MODES
     parser.add_argument(f"--{f.name}", **kw)
 
 

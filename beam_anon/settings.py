@@ -88,7 +88,8 @@ class Settings:
     review_just_below: float = 0.005       # ... queued alone when this close (beam_anon.review)
     review_max_fraction: float = 0.0       # fill the queue with lower risks up to this share
     # output
-    jpeg_quality: int = 95
+    jpeg_mode: str = "lossless"           # lossless | reencode (beam_anon.jpeg_output)
+    jpeg_quality: int = 95                 # re-encoded JPEGs only
     keep_metadata: bool = False
     max_pixels: int = 100_000_000          # images above this fail with a clear error
     detect_max_pixels: int = 24_000_000    # larger images are detected on a downscaled copy

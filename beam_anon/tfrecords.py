@@ -8,9 +8,10 @@
   kept for dead letters); a bad length CRC, truncation or a broken compressed stream fails "the
   rest of the shard" as one record. Nothing crashes the pipeline.
 * Each image (every value of every ``image_keys`` feature) goes through the shared per-image
-  core (:meth:`beam_anon.transforms.AnonymizeFn.anonymize_pixels`) and is re-encoded in its own
+  core (:meth:`beam_anon.transforms.AnonymizeFn.anonymize_pixels`) and is written in its own
   format and its stored orientation (``tf.io.decode_jpeg`` ignores EXIF, so the dataset's boxes
-  keep matching). Every other feature is left as parsed and reserialized.
+  keep matching); JPEG: only the blurred boxes' blocks are rewritten, at every EXIF orientation
+  (:mod:`beam_anon.jpeg_output`). Every other feature is left as parsed and reserialized.
 * Fail closed per Example: a missing image key, an undecodable image, a detector error, or
   JPEG/PNG bytes under an unlisted key (unless ``keep_other_images``) -> the Example is not
   written and all its manifest records are ``failed``.
@@ -36,7 +37,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import WriteToTFRecord
 from apache_beam.metrics import Metrics
 
-from beam_anon import image_io, progress
+from beam_anon import image_io, jpeg_output, progress
 from beam_anon.manifest import STATUS_OK, ManifestRecord
 from beam_anon.tfrecord_reader import (COMPRESSIONS, ReadTFRecordShards,
                                        resolve_output_compression)
@@ -169,15 +170,18 @@ class _AnonymizeExampleFn(AnonymizeFn):
             img, result = self.anonymize_pixels(feature[k].bytes_list.value[i], record)
             t = time.perf_counter()
             undo = _INVERSE_ORIENTATION.get(img.orientation, img.orientation)
-            alpha = image_io.apply_orientation(img.alpha, undo) if img.alpha is not None else None
-            out = image_io.encode(image_io.apply_orientation(result.image, undo), alpha,
-                                  img.format, self.settings.jpeg_quality,
-                                  img.output_metadata(self.settings.keep_metadata))
+            stored = [image_io.apply_orientation(a, undo) if a is not None else None
+                      for a in (result.image, img.pixels, img.alpha)]
+            xyxy = boxes_to_stored(result.boxes.xyxy, img.width, img.height, img.orientation)
+            height, width = stored[0].shape[:2]
+            out = jpeg_output.encode_output(
+                feature[k].bytes_list.value[i], dataclasses.replace(img, alpha=stored[2]),
+                stored[0], xyxy.astype(np.float64) * [width, height, width, height], stored[1],
+                self.settings, stored=True)
+            record.jpeg, record.jpeg_reason = out.jpeg, out.reason
             record.timings["encode"] = time.perf_counter() - t
-            feature[k].bytes_list.value[i] = out
-            boxes.setdefault(k, []).append(
-                (i, boxes_to_stored(result.boxes.xyxy, img.width, img.height, img.orientation),
-                 [str(label) for label in result.boxes.labels]))
+            feature[k].bytes_list.value[i] = out.data
+            boxes.setdefault(k, []).append((i, xyxy, [str(label) for label in result.boxes.labels]))
             record.status = STATUS_OK
             self.ms.update(int((time.perf_counter() - start) * 1000))
         if self.config.add_boxes:

@@ -29,7 +29,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from beam_anon import image_io, review
+from beam_anon import image_io, jpeg_output, review
 from beam_anon.manifest import STATUS_OK, ManifestRecord, settings_dict
 from beam_anon.records import previous_record, record_bytes, record_path
 from beam_anon.settings import Settings
@@ -186,11 +186,12 @@ class AnonymizeFn(beam.DoFn):
         timings["read"] = time.perf_counter() - t
         img, result = self.anonymize_pixels(data, record)
         t = time.perf_counter()
-        out = image_io.encode(result.image, img.alpha, img.format, self.settings.jpeg_quality,
-                              img.output_metadata(self.settings.keep_metadata))
+        out = jpeg_output.encode_output(data, img, result.image, result.boxes.xyxy, img.pixels,
+                                        self.settings, stored=False)
+        record.jpeg, record.jpeg_reason = out.jpeg, out.reason
         timings["encode"] = time.perf_counter() - t
         record.status = STATUS_OK
-        return out
+        return out.data
 
     def anonymize_pixels(self, data: bytes, record: ManifestRecord):
         """Decode ``data`` and run the anonymizer -> ``(DecodedImage, AnonymizeResult)``; fills

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Recall of each preset through the real CLI and the evaluate command, on both development sets
 # (docs/accuracy.md, docs/verification.md). Usage: bash scripts/devset_runs.sh [PRESET ...]
-# Writes out/devset-<preset>/ and out/streetplates-<preset>/, each with eval.txt and eval.json.
+# Writes out/devset-<preset>/ and out/streetplates-<preset>/, each with eval.txt and eval.json,
+# and verify_jpeg.txt (lossless JPEG outputs: pixels outside the boxes' blocks unchanged).
 # Options on top of the preset: RUN_OPTS="--stage1_model nanodet-g-coco" RUN_TAG=nanodet (the
 # tag is appended to the output folders' names).
 set -euo pipefail
@@ -21,5 +22,7 @@ for preset in "${presets[@]}"; do
       --manifest "$out/manifest*.jsonl" --json "$out/eval.json" | tee "$out/eval.txt"
     .venv/bin/python -m beam_anon.evaluate --labels "$dir/labels.jsonl" --coverage 0.95 \
       --manifest "$out/manifest*.jsonl" > "$out/eval-whole.txt"
+    .venv/bin/python -m beam_anon.verify_jpeg --manifest "$out/manifest*.jsonl" \
+      --json "$out/verify_jpeg.json" | tee "$out/verify_jpeg.txt"
   done
 done

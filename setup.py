@@ -11,6 +11,7 @@ setup(
     name="beam_anon",
     version="0.1.0",
     description="Blur faces and licence plates in image datasets with Apache Beam",
+    license="Apache-2.0",   # LICENSE; also the licence of the project's own weights (models/own)
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["beam_anon", "beam_anon.*"]) + ["beam_anon.registry"],
     package_dir={"beam_anon.registry": "models"},

@@ -324,14 +324,14 @@ PRESETS: dict[str, dict] = {
     # looks only where CenterFace was unsure (zooms, crowd) and their agreement admits boxes
     # below either's threshold (issue 17, docs/accuracy.md)
     "balanced": {},
-    # every look the models allow: both face models at 1x and 2x, all turns, head fallback
+    # every look the permissive models allow: both face models at 1x and 2x, all turns, head
+    # fallback (platedet-yolov8s and clpdet join with --allow_licences agpl,unknown
+    # --plate_models beamplate,platedet-yolov8s,clpdet and the same in --region_models)
     "thorough": {"face_models": ("centerface", "yunet"), "face_rotation_scale": 1.0,
                  "zoom_min_score": 0.05, "zoom_max_size": 24, "agree_thresholds": (),
-                 "plate_models": ("beamplate", "platedet-yolov8s", "clpdet"),
-                 "region_models": ("centerface", "yunet", "beamplate", "platedet-yolov8s",
-                                   "clpdet"),
-                 "zoom_models": ("centerface", "yunet", "beamplate", "platedet-yolov8s", "clpdet"),
-                 "zoom_thresholds": ("centerface=0.2", "yunet=0.5", "platedet-yolov8s=0.1"),
+                 "region_models": ("centerface", "yunet", "beamplate"),
+                 "zoom_models": ("centerface", "yunet", "beamplate"),
+                 "zoom_thresholds": ("centerface=0.2", "yunet=0.5"),
                  "face_full_frame_scales": (1.0, 2.0), "face_rotations": (90, 180, 270),
                  "head_fallback": True, "plate_full_frame_scales": (1.0, 2.0),
                  "vehicle_crop_sizes": (160, 300, 640), "verify_full_frame": True},

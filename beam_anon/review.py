@@ -13,7 +13,9 @@ holds the queued ones, riskiest first (:func:`select`). Reasons and their risk (
   listed when ``review_max_fraction`` asks for more.
 
 ``review_max_fraction`` > 0 fills the queue with the riskiest other entries up to that share of
-all images (queued ones are never dropped). Boxes are xyxy pixels, as in the manifest.
+all images (queued ones are never dropped). Boxes are xyxy pixels, as in the manifest. A record
+lists every queued box but at most :data:`MAX_UNQUEUED_LISTED` others (the riskiest; a noisy
+model can leave hundreds just below its threshold), with ``unlisted``: how many it left out.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ FAILED = "failed"
 VERIFY_SURVIVED = "verify_survived"
 NEAR_THRESHOLD = "near_threshold"
 VERIFY_REBLURRED = "verify_reblurred"
+MAX_UNQUEUED_LISTED = 10
 RISK = {FAILED: 1.0, VERIFY_SURVIVED: 0.9, VERIFY_REBLURRED: 0.2}
 WORDS = {FAILED: "failed: nothing was written",
          VERIFY_SURVIVED: "still detected after the last re-blur round",
@@ -55,6 +58,24 @@ def near_entries(near: Detections, settings) -> list[dict]:
     return out
 
 
+def _listed(boxes: list[dict]) -> tuple[list[dict], int]:
+    """``boxes`` riskiest first, every queued one and at most :data:`MAX_UNQUEUED_LISTED` others;
+    and how many were left out."""
+    boxes = sorted(boxes, key=lambda b: -b["risk"])
+    unqueued = [i for i, b in enumerate(boxes) if not b["queued"]][MAX_UNQUEUED_LISTED:]
+    dropped = set(unqueued)
+    return [b for i, b in enumerate(boxes) if i not in dropped], len(dropped)
+
+
+def _review(boxes: list[dict], risk: float, queued: bool, reasons: list[str],
+            unlisted: int = 0) -> dict:
+    listed, more = _listed(boxes)
+    out = {"risk": risk, "queued": queued, "reasons": reasons, "boxes": listed}
+    if unlisted + more:
+        out["unlisted"] = unlisted + more
+    return out
+
+
 def entry(near: Detections, survived: Detections | None, fixed: Detections | None,
           settings) -> dict | None:
     """The manifest's ``review`` value for one image, or None when nothing needs a look."""
@@ -67,8 +88,7 @@ def entry(near: Detections, survived: Detections | None, fixed: Detections | Non
         return None
     boxes.sort(key=lambda b: -b["risk"])
     reasons = list(dict.fromkeys(b["reason"] for b in boxes))
-    return {"risk": boxes[0]["risk"], "queued": any(b["queued"] for b in boxes),
-            "reasons": reasons, "boxes": boxes}
+    return _review(boxes, boxes[0]["risk"], any(b["queued"] for b in boxes), reasons)
 
 
 def merge(reviews: list[dict]) -> dict | None:
@@ -76,11 +96,10 @@ def merge(reviews: list[dict]) -> dict | None:
     reviews = [r for r in reviews if r]
     if not reviews:
         return None
-    boxes = sorted((b for r in reviews for b in r.get("boxes", ())), key=lambda b: -b["risk"])
-    return {"risk": max(r.get("risk", 0.0) for r in reviews),
-            "queued": any(r.get("queued") for r in reviews),
-            "reasons": list(dict.fromkeys(x for r in reviews for x in r.get("reasons", ()))),
-            "boxes": boxes}
+    return _review([b for r in reviews for b in r.get("boxes", ())],
+                   max(r.get("risk", 0.0) for r in reviews), any(r.get("queued") for r in reviews),
+                   list(dict.fromkeys(x for r in reviews for x in r.get("reasons", ()))),
+                   sum(r.get("unlisted", 0) for r in reviews))
 
 
 def why(item: dict) -> str:

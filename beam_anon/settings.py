@@ -14,8 +14,9 @@ DEFAULT_STAGE1_CLASSES = ("person", "bicycle", "car", "motorcycle", "bus", "truc
 
 @dataclass(frozen=True)
 class Settings:
-    # models (registry names, see models/registry.json)
-    stage1_model: str | None = "yolov8n-coco"
+    # models (registry names, see models/registry.json); the defaults are all permissively
+    # licensed (beam_anon.licences): NanoDet-g (Apache-2.0) finds persons and vehicles
+    stage1_model: str | None = "nanodet-g-coco"
     # CenterFace looks, RetinaFace-MobileNetV2 verifies where CenterFace is unsure (its zooms)
     face_models: tuple[str, ...] = ("centerface", "retinaface-mnv2")
     plate_models: tuple[str, ...] = ("beamplate",)   # the project's own (training/)
@@ -23,15 +24,13 @@ class Settings:
     # JSON, with its files' sha256 (--model_spec FILE; beam_anon.user_models)
     model_specs: tuple[str, ...] = ()
     # licence classes besides permissive the run may use: agpl, unknown (beam_anon.licences)
-    # TEMP: every preset opts in (these defaults are the balanced preset) until permissive
-    # defaults land; then revert to ()
-    allow_licences: tuple[str, ...] = ("agpl", "unknown")
+    allow_licences: tuple[str, ...] = ()
     # runtime (beam_anon.runtime): int8 | float | original model files; auto | cpu | cuda
     precision: str = "int8"
     device: str = "auto"
     # stage 1
     stage1_classes: tuple[str, ...] = DEFAULT_STAGE1_CLASSES
-    stage1_threshold: float = 0.15
+    stage1_threshold: float = 0.25         # NanoDet's (yolov8n-coco was run at 0.15)
     stage1_tile: int = 0                   # stage 1 also sees tiles this large (pixels); 0 off
     merge_iou: float = 0.3                 # stage-1 boxes overlapping more become one crop
     # the detection plan (beam_anon.plan): cheap looks

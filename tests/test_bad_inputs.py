@@ -141,7 +141,7 @@ def test_manifest_holds_no_image_content(run):
     text = (out / "manifest.jsonl").read_bytes()
     for rec in records.values():  # per-image content is metadata-sized, not pixel-sized
         per_image = {k: v for k, v in rec.to_dict().items() if k not in ("settings", "models")}
-        assert len(json.dumps(per_image)) < 2000, rec.key
+        assert len(json.dumps(per_image)) < 8000, rec.key
     for marker in (b"\xff\xd8\xff", b"\x89PNG", b"base64", b"/9j/", b"iVBOR") + SECRETS:
         assert marker not in text
     for rec in records.values():

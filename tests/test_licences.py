@@ -16,8 +16,8 @@ from beam_anon.boxes import Detections
 from beam_anon.settings import Settings
 from beam_anon import cli
 
-#: a run of permissive models only
-PERMISSIVE_ONLY = dict(stage1_model=None, face_models=("centerface", "yunet"), plate_models=())
+#: the models the default set used before it was permissive (AGPL and unknown)
+OLD_DEFAULTS = dict(stage1_model="yolov8n-coco", plate_models=("platedet-yolov8s", "clpdet"))
 
 
 def test_registry_states_licence_classes():
@@ -27,7 +27,8 @@ def test_registry_states_licence_classes():
     got = {n: licences.licence_of(n)["class"] for n in models.model_names()}
     assert got["yolov8n-coco"] == got["platedet-yolov8s"] == "agpl"
     assert got["clpdet"] == "unknown" and "zeusees" in licences.licence_of("clpdet")["licence"]
-    assert got["centerface"] == got["yunet"] == "permissive"
+    assert got["centerface"] == got["yunet"] == got["retinaface-mnv2"] == "permissive"
+    assert got["nanodet-g-coco"] == got["beamplate"] == "permissive"
     assert set(models.PERMISSIVE) == {n for n, c in got.items() if c == "permissive"}
 
 
@@ -40,7 +41,7 @@ def test_models_list_shows_the_licence_class(capsys):
 
 
 def test_guard_refuses_non_permissive_models_without_opt_in():
-    settings = Settings(allow_licences=())      # the default models: AGPL and unknown
+    settings = Settings(**OLD_DEFAULTS)         # AGPL and unknown, no opt-in
     with pytest.raises(licences.LicenceError) as err:
         licences.check(settings)
     text = str(err.value)
@@ -55,18 +56,29 @@ def test_guard_refuses_non_permissive_models_without_opt_in():
         licences.check(settings, error=SystemExit)
 
 
+def test_defaults_and_every_preset_are_permissive():
+    from beam_anon.plan import PRESETS
+
+    assert Settings().allow_licences == ()
+    for name, changes in PRESETS.items():
+        settings = Settings(**changes)
+        licences.check(settings)                  # no opt-in needed
+        assert all(licences.licence_of(m)["class"] == "permissive"
+                   for m in settings.model_names()), name
+
+
 def test_guard_passes_opted_in_and_permissive_runs():
-    licences.check(Settings(allow_licences=("agpl", "unknown")))
-    licences.check(Settings(allow_licences=(), **PERMISSIVE_ONLY))
+    licences.check(Settings(allow_licences=("agpl", "unknown"), **OLD_DEFAULTS))
+    licences.check(Settings())
     with pytest.raises(licences.LicenceError, match="expected a comma list of agpl, unknown"):
-        licences.check(Settings(allow_licences=("gpl",), **PERMISSIVE_ONLY))
+        licences.check(Settings(allow_licences=("gpl",)))
     with pytest.raises(models.ModelError, match="unknown model"):   # a typo is no loophole
         licences.check(Settings(allow_licences=(), stage1_model="yolov9-nope"))
 
 
 def test_record_names_each_model_licence():
-    rec = licences.record(Settings())
-    assert list(rec) == list(dict.fromkeys(Settings().model_names()))
+    rec = licences.record(Settings(**OLD_DEFAULTS))
+    assert list(rec) == list(dict.fromkeys(Settings(**OLD_DEFAULTS).model_names()))
     assert rec["clpdet"]["class"] == "unknown" and rec["centerface"]["class"] == "permissive"
     assert licences.record(Settings(face_models=("stand-in",)))["stand-in"]["class"] == "unknown"
 
@@ -100,14 +112,13 @@ def test_cli_stops_at_start_and_records_licences(tmp_path):
         return cli.main(["--input", glob, "--output", str(out), "--runner=FnApiRunner",
                          *extra], anonymizer_factory=factory)
 
-    with pytest.raises(SystemExit) as err:          # the balanced preset's models, no opt-in
-        run("--allow_licences=")
+    with pytest.raises(SystemExit) as err:          # an AGPL stage 1, no opt-in
+        run("--stage1_model", "yolov8n-coco")
     assert "yolov8n-coco" in str(err.value.code) and "--allow_licences" in str(err.value.code)
     with pytest.raises(SystemExit, match="platedet-yolov8s"):   # named by an option
-        run("--allow_licences=", "--stage1_model", "none", "--plate_models", "platedet-yolov8s")
+        run("--preset", "thorough", "--plate_models", "platedet-yolov8s")
     assert not out.exists() and not factory_calls   # nothing started, nothing written
-    run("--allow_licences=", "--stage1_model", "none", "--plate_models=",
-        "--face_models", "centerface")
+    run("--stage1_model", "none", "--plate_models=", "--face_models", "centerface")
     with open(os.path.join(out, "manifest.jsonl")) as f:
         record = json.loads(f.readline())
     assert record["status"] == "ok"

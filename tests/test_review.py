@@ -91,3 +91,17 @@ def test_progress_line_and_printer_for_a_log_file(tmp_path):
     assert lines[0].startswith("beam_anon: 4/10 images") and "ETA" in lines[0]
     assert lines[-1].startswith("beam_anon: 10/10 images (100 %)")
     assert len(lines) == len(set(lines)) or lines[-1] == lines[-2]  # one line per change
+
+
+def test_a_record_lists_every_queued_box_and_the_riskiest_others_only():
+    n = review.MAX_UNQUEUED_LISTED + 15
+    near = dets([[i * 20, 0, i * 20 + 10, 10] for i in range(n)],
+                [0.21 + 0.001 * i for i in range(n)], ["plate"] * n, [{"m:a"}] * n)
+    survived = dets([[0, 50, 10, 60]], [0.7], ["face"])
+    one = review.entry(near, survived, None, S)
+    assert [b["reason"] for b in one["boxes"]][0] == review.VERIFY_SURVIVED
+    assert len(one["boxes"]) == 1 + review.MAX_UNQUEUED_LISTED and one["unlisted"] == 15
+    kept = [b["score"] for b in one["boxes"][1:]]
+    assert min(kept) > 0.21 + 0.001 * 14       # the riskiest (closest to the threshold) kept
+    both = review.merge([one, one])
+    assert len(both["boxes"]) == 2 + review.MAX_UNQUEUED_LISTED and both["unlisted"] == 40

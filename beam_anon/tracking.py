@@ -17,7 +17,9 @@ included, pixels of the upright frame). A frame with no entry was not searched (
 * **extend**: a box with no forward link is carried on for ``M`` frames, one that nothing links
   to is carried back for ``M`` frames; it moves at the per-frame velocity of its link (the box
   linking to it, or the box it links to; still if none), and each carried box is the union of
-  the moved box and the original, so a slowed-down object stays covered too.
+  the moved box and the original, so a slowed-down object stays covered too. A box whose link
+  goes to a box under ``partial`` of its area is carried on (or back) as well: the smaller
+  sighting may be part of the object only (a smeared frame, a weak detection).
 * Added boxes grow by ``grow`` of their size per side for each frame they are away from the
   nearest sighting.
 
@@ -44,12 +46,14 @@ class Linking:
     """``memory``: frames (>= 0) a gap may last and a track is carried on; ``iou``: the overlap
     a box needs with its next sighting; ``speed``: motion allowed per frame, as a fraction of
     the box size (0: plain IoU); ``grow``: how much an added box grows per frame away from the
-    nearest sighting, fraction of its size per side (motion is not quite linear)."""
+    nearest sighting, fraction of its size per side (motion is not quite linear); ``partial``:
+    a link to a box under this fraction of the area still carries the larger box on."""
 
     memory: int = 3
     iou: float = 0.2
     speed: float = 0.5
     grow: float = 0.15
+    partial: float = 0.5
 
     def __post_init__(self):
         if self.memory < 0:
@@ -157,16 +161,20 @@ def fill(dets: Mapping[int, Detections], frames: Iterable[int], rule: Linking,
             t = (h - f) / (g - f)
             add(h, _grown(a + (b - a) * t, rule.grow * min(h - f, g - h)), (f, i),
                 INTERPOLATED, score)
+    def partial(big: BoxId, small: BoxId | None) -> bool:
+        return small is not None and (
+            _area(_box(dets, small)) < rule.partial * _area(_box(dets, big)))
+
     for f in sorted(dets):
         for i in range(len(dets[f])):
             a, box, score = (f, i), _box(dets, (f, i)), float(dets[f].scores[i])
-            if a not in fwd:
+            if a not in fwd or partial(a, fwd[a]):
                 v = _velocity(dets, back.get(a), a)
                 for s in range(1, memory + 1):
                     if f + s < n_frames:
                         add(f + s, _grown(_union(box, box + v * s), rule.grow * s), a, EXTENDED,
                             score)
-            if a not in back:
+            if a not in back or partial(a, back[a]):
                 v = _velocity(dets, a, fwd.get(a))
                 for s in range(1, memory + 1):
                     if f - s >= 0:
@@ -174,6 +182,10 @@ def fill(dets: Mapping[int, Detections], frames: Iterable[int], rule: Linking,
                             score)
     return {f: _frame_boxes(f, dets.get(f, Detections.empty()), added[f], fwd, width, height)
             for f in sorted(wanted)}
+
+
+def _area(box: np.ndarray) -> float:
+    return float(np.prod(np.maximum(box[2:] - box[:2], 0)))
 
 
 def _union(a: np.ndarray, b: np.ndarray) -> np.ndarray:

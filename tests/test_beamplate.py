@@ -16,13 +16,14 @@ from beam_anon.detectors import build_detector
 from beam_anon.detectors.centerface import CenterFace
 from beam_anon.derived import sha256_file
 
-ONNX = importlib.resources.files("models").joinpath("own/beamplate.onnx")
+ONNX = models.registry_dir().joinpath("own/beamplate.onnx")
 
 
 def test_shipped_file_matches_the_registry():
     info = models.model_info("beamplate")
     assert info["source"] == "repository" and info["role"] == "plate"
-    assert info["permissive"] is True and info["family"] == "centerface"
+    assert info["licence_class"] == "permissive" and info["family"] == "centerface"
+    assert info["licence"].startswith("Apache-2.0")
     assert info["main_file"] == "own/beamplate.onnx"
     assert sha256_file(str(ONNX)) == info["sha256"]
     assert os.path.getsize(str(ONNX)) < 8_000_000

@@ -53,6 +53,22 @@ def test_extension_follows_the_velocity_and_keeps_the_last_box():
     assert all(not added(out[f]) for f in range(1, 5))     # seen every frame: nothing added
 
 
+def test_a_link_to_a_much_smaller_box_still_carries_the_larger_one_on():
+    dets = {f: Detections.empty() for f in range(4)}
+    dets[1] = face(100, 100, 200, 160)        # the whole plate
+    dets[2] = face(150, 100, 190, 120)        # a smeared frame: a corner of it (IoU 0.13)
+    rule = Linking(1, 0.1, 0, 0)
+    out = tracking.fill(dets, range(4), rule, n_frames=4, width=W, height=H)
+    assert tracking.links(dets, rule) == {(1, 0): (2, 0)}
+    assert ("extended", (100, 100, 200, 160)) in added(out[2])    # the larger box carried on
+    assert not any(b == (150, 100, 190, 120) for _, b in added(out[1]))  # the smaller: not
+    turned = {1: dets[2], 2: dets[1]}         # the other way round: the larger carried back
+    back = tracking.fill(turned, range(4), rule, n_frames=4, width=W, height=H)
+    assert ("extended", (100, 100, 200, 160)) in added(back[1])
+    even = {1: face(100, 100, 200, 160), 2: face(105, 100, 205, 160)}
+    assert not added(tracking.fill(even, range(1, 3), rule, 4, W, H)[2])
+
+
 def test_extension_backward_uses_the_forward_link():
     dets = {f: Detections.empty() for f in range(6)}
     for f in (3, 4, 5):

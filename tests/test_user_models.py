@@ -9,13 +9,13 @@ import shutil
 import cv2
 import numpy as np
 import pytest
-from apache_beam.io.localfilesystem import LocalFileSystem
 
 from beam_anon import cli, models, user_models
 from beam_anon.detectors.user_spec import SpecError, parse
 from beam_anon.options import settings_from
 from beam_anon.settings import Settings
 from tests import tiny_detectors as tiny
+from tests.fakefs import mapped_filesystem
 
 W, H = 320, 240
 QUIET = ["--runner=FnApiRunner", "--direct_num_workers=1", "--quiet", "--stage1_model", "none",
@@ -161,25 +161,7 @@ def test_signature_without_outputs_and_failing_probe(built, photo, tmp_path, cap
                                                "face_models": "remapped"}), None)
 
 
-class OwnBucketFileSystem(LocalFileSystem):
-    """``ownbucket://x`` -> ``$OWN_BUCKET_ROOT/x``: a non-local Beam filesystem for tests."""
-
-    @classmethod
-    def scheme(cls):
-        return "ownbucket"
-
-    @staticmethod
-    def _local(path):
-        return os.path.join(os.environ["OWN_BUCKET_ROOT"], path[len("ownbucket://"):])
-
-    def create(self, path, *args, **kwargs):
-        return super().create(self._local(path), *args, **kwargs)
-
-    def open(self, path, *args, **kwargs):
-        return super().open(self._local(path), *args, **kwargs)
-
-    def exists(self, path):
-        return super().exists(self._local(path))
+OwnBucketFileSystem = mapped_filesystem("ownbucket", "OWN_BUCKET_ROOT")
 
 
 def test_staged_to_remote_models_dir_for_workers(built, tmp_path, monkeypatch):

@@ -8,8 +8,8 @@ Writes ``OUTPUT/<path relative to the input glob's directory>`` for every image 
 ``OUTPUT/manifest.jsonl`` with one record per input (schema: ``beam_anon.manifest``). Images that
 fail get no output file and a ``failed`` record. ``--input_format tfrecord``: ``--input`` matches
 TFRecord shards of ``tf.train.Example``; ``OUTPUT/data-*.tfrecord`` is written
-(``beam_anon.tfrecords``). ``--input_format video`` (or an ``--input`` ending in .mp4, .mov, .mkv,
-.avi): anonymized videos and ``OUTPUT/<key>.boxes.jsonl`` (``beam_anon.video``).
+(``beam_anon.pipeline.tfrecords``). ``--input_format video`` (or an ``--input`` ending in .mp4, .mov, .mkv,
+.avi): anonymized videos and ``OUTPUT/<key>.boxes.jsonl`` (``beam_anon.pipeline.video``).
 Arguments not listed here go to Beam:
 ``--runner`` (default FnApiRunner: local, offline, one worker process per core), ``--direct_num_workers``,
 ``--direct_running_mode``; on Dataflow ``--runner=DataflowRunner --project --region
@@ -29,14 +29,16 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions, StandardOptions,
                                                   WorkerOptions)
 
-from beam_anon import licences, progress, tfrecords, user_models, video_transforms
+from beam_anon.models import licences, user_models
+from beam_anon import progress
+from beam_anon.pipeline import tfrecords, video_transforms
 from beam_anon.detectors.user_spec import SpecError
 from beam_anon.models import ModelError
 from beam_anon.options import add_settings_arguments, parse_bool, settings_from
 from beam_anon.settings import Settings
-from beam_anon.transforms import (NAMESPACE, AnonymizeImages, ReadImages, WriteAnonymized,
+from beam_anon.pipeline.transforms import (NAMESPACE, AnonymizeImages, ReadImages, WriteAnonymized,
                                   glob_prefix, manifest_path)
-from beam_anon.video_io import is_video_path
+from beam_anon.media.video_io import is_video_path
 
 DEFAULT_RUNNER = "FnApiRunner"
 
@@ -61,7 +63,7 @@ class AnonymizeOptions(PipelineOptions):
                             "manifest still lists every input once (default: %(default)s)")
         parser.add_argument("--report", type=parse_bool, nargs="?", const=True, default=False,
                             metavar="BOOL", help="when the run is done, write OUTPUT/report.html "
-                            "(python -m beam_anon.report: counts, plots, review queue, thumbnails "
+                            "(python -m beam_anon.tools.report: counts, plots, review queue, thumbnails "
                             "of anonymized outputs only) (default: %(default)s)")
         parser.add_argument("--quiet", type=parse_bool, nargs="?", const=True, default=False,
                             metavar="BOOL", help="no progress lines on stderr (local runs print "
@@ -117,7 +119,7 @@ def _own_models(opts: AnonymizeOptions) -> Settings:
 def _check_models(settings: Settings, models_dir: str | None, load: bool) -> None:
     """Stop now, not with one failed record per image, for a model name nobody knows or named
     in the wrong role, and (``load``) a spec model that does not load or fails on a probe
-    image (``beam_anon.user_models.check_start``)."""
+    image (``beam_anon.models.user_models.check_start``)."""
     try:
         user_models.check_start(settings, models_dir, load)
         licences.check(settings)  # non-permissive models need --allow_licences
@@ -243,7 +245,7 @@ def main(argv: list[str] | None = None, anonymizer_factory=None):
     if str(state).endswith("DONE"):
         print(summary(result, opts))
         if opts.report:
-            from beam_anon.report import write_report
+            from beam_anon.tools.report import write_report
             print(f"beam_anon: report {write_report(opts.output)}")
     else:
         print(f"beam_anon: pipeline {state or 'submitted'}, not finished here; manifest will be "

@@ -21,7 +21,7 @@ jpeg          str | null        JPEG outputs: ``lossless`` (only the MCUs of the
                                 ``reencoded`` (whole picture re-encoded); null for PNG and for
                                 images that failed before their output was encoded
 jpeg_reason   str | null        why ``reencoded`` (``jpeg_mode=reencode``, EXIF orientation, CMYK,
-                                12-bit, ...; ``beam_anon.jpeg_output``)
+                                12-bit, ...; ``beam_anon.media.jpeg_output``)
 boxes         list              regions actually blurred, one per object: ``{label, score, x0,
                                 y0, x1, y1, models}``, label ``face`` | ``plate``, score in
                                 [0, 1], corners in pixels of the orientation-corrected input (x1,
@@ -29,7 +29,7 @@ boxes         list              regions actually blurred, one per object: ``{lab
 models        list              ``{name, sha256}`` of every model that ran
 settings      dict              every ``beam_anon.settings.Settings`` field of the run, and
                                 ``licences``: ``{model: {class, licence}}`` of every model the
-                                run names (``beam_anon.licences``)
+                                run names (``beam_anon.models.licences``)
 timings       dict              seconds per step: ``read``, ``decode``, ``stage1``, ``faces``,
                                 ``plates``, ``blur``, ``verify``, ``encode``, ``write`` (steps
                                 that did not run are absent)
@@ -37,14 +37,14 @@ passes        dict              model passes per model (registry name) for this 
                                 verification pass's included: why one image was slow
 megapixels    dict              megapixels each model computed on (after its own resizing)
 needs_review  bool              true when the verification pass still detected a face or plate in
-                                the output after its last re-blur round (``beam_anon.verify``)
-review        dict | null       why a person should look (``beam_anon.review``): ``{risk,
+                                the output after its last re-blur round (``beam_anon.detection.verify``)
+review        dict | null       why a person should look (``beam_anon.detection.review``): ``{risk,
                                 queued, reasons, boxes}``; risk 0-1; queued: in the default
                                 OUTPUT/review.jsonl; reasons among ``verify_survived``,
                                 ``near_threshold``, ``verify_reblurred``; boxes ``{label, score,
                                 x0, y0, x1, y1, reason, risk, queued[, signals, models]}``
                                 (pixels, as ``boxes``); ``near_threshold`` boxes were NOT blurred
-video         dict | null       videos only (``beam_anon.video``): ``frames``, ``fps``,
+video         dict | null       videos only (``beam_anon.pipeline.video``): ``frames``, ``fps``,
                                 ``duration`` (s), ``rotation`` (degrees applied), counts
                                 ``boxes`` / ``tracks`` per label, ``boxes_added`` (by the
                                 temporal step), ``sidecar`` (``OUTPUT/<key>.boxes.jsonl``, the
@@ -65,7 +65,7 @@ STATUS_FAILED = "failed"
 def settings_dict(settings) -> dict:
     """A Settings as the JSON-ready dict the manifest stores (tuples become lists), with the
     licence of every model it names under ``licences``."""
-    from beam_anon import licences
+    from beam_anon.models import licences
 
     return {**json.loads(settings.fingerprint()), "licences": licences.record(settings)}
 
@@ -108,9 +108,9 @@ class ManifestRecord:
 
     def review_item(self) -> dict | None:
         """This record's candidate line for ``OUTPUT/review.jsonl`` (``{key, input, output,
-        status, risk, queued, reasons, why, error, boxes}``: ``beam_anon.review``; a failure has
+        status, risk, queued, reasons, why, error, boxes}``: ``beam_anon.detection.review``; a failure has
         risk 1 and is always queued), or None if nothing to review."""
-        from beam_anon import review as rv
+        from beam_anon.detection import review as rv
 
         if self.ok and not self.review:
             return None

@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from beam_anon.blur import MODES as BLUR_MODES
-from beam_anon.jpeg_output import MODES as JPEG_MODES
-from beam_anon.plan import PRESETS, preset, preset_summary
+from beam_anon.detection.blur import MODES as BLUR_MODES
+from beam_anon.media.jpeg_output import MODES as JPEG_MODES
+from beam_anon.detection.plan import PRESETS, preset, preset_summary
 from beam_anon.settings import Settings
 
 #: --help text of every Settings field (tests check none is missing)
@@ -113,11 +113,11 @@ SETTINGS_HELP = {
     "jpeg_mode": "JPEG outputs: lossless (only the 8/16-px blocks holding blurred pixels are "
                  "rewritten, every other block is the input's, bit for bit) | reencode (the "
                  "whole picture re-encoded at --jpeg_quality); the manifest's jpeg field says "
-                 "which path each image took and why (beam_anon.jpeg_output)",
+                 "which path each image took and why (beam_anon.media.jpeg_output)",
     "jpeg_quality": "quality of re-encoded JPEG outputs, 1-100 (--jpeg_mode reencode and the "
                     "lossless mode's fallbacks)",
     "keep_metadata": "keep allow-listed EXIF (capture time, exposure; never GPS, camera, serial "
-                     "numbers or thumbnail; see beam_anon.image_io) (true/false)",
+                     "numbers or thumbnail; see beam_anon.media.image_io) (true/false)",
     "max_pixels": "images with more pixels fail with a clear error (decompression-bomb guard)",
     "detect_max_pixels": "larger images are searched on a copy shrunk to this many pixels "
                          "(bounded time and memory); boxes map back, the blur is full-resolution",
@@ -177,12 +177,12 @@ def add_settings_arguments(parser) -> None:
 
 
 def _with_specs(changes: dict, spec_files, preset_name: str) -> None:
-    """Read and check the ``--model_spec`` files (``beam_anon.user_models``) into
+    """Read and check the ``--model_spec`` files (``beam_anon.models.user_models``) into
     ``changes["model_specs"]``; a spec's ``threshold`` becomes its model's entry in
     ``model_thresholds`` (and ``stage1_threshold`` for the stage-1 model) unless given there."""
     import json
 
-    from beam_anon.user_models import read_spec
+    from beam_anon.models.user_models import read_spec
 
     specs = tuple(read_spec(path) for path in spec_files)
     changes["model_specs"] = tuple(changes.get("model_specs", ())) + specs

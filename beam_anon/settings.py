@@ -15,17 +15,17 @@ DEFAULT_STAGE1_CLASSES = ("person", "bicycle", "car", "motorcycle", "bus", "truc
 @dataclass(frozen=True)
 class Settings:
     # models (registry names, see models/registry.json); the defaults are all permissively
-    # licensed (beam_anon.licences): NanoDet-g (Apache-2.0) finds persons and vehicles
+    # licensed (beam_anon.models.licences): NanoDet-g (Apache-2.0) finds persons and vehicles
     stage1_model: str | None = "nanodet-g-coco"
     # CenterFace looks, RetinaFace-MobileNetV2 verifies where CenterFace is unsure (its zooms)
     face_models: tuple[str, ...] = ("centerface", "retinaface-mnv2")
     plate_models: tuple[str, ...] = ("beamplate",)   # the project's own (training/)
     # detectors of the user's own, named like registry models above: each a checked spec as
-    # JSON, with its files' sha256 (--model_spec FILE; beam_anon.user_models)
+    # JSON, with its files' sha256 (--model_spec FILE; beam_anon.models.user_models)
     model_specs: tuple[str, ...] = ()
-    # licence classes besides permissive the run may use: agpl, unknown (beam_anon.licences)
+    # licence classes besides permissive the run may use: agpl, unknown (beam_anon.models.licences)
     allow_licences: tuple[str, ...] = ()
-    # runtime (beam_anon.runtime): int8 | float | original model files; auto | cpu | cuda
+    # runtime (beam_anon.detectors.runtime): int8 | float | original model files; auto | cpu | cuda
     precision: str = "int8"
     device: str = "auto"
     # stage 1
@@ -33,7 +33,7 @@ class Settings:
     stage1_threshold: float = 0.25         # NanoDet's (yolov8n-coco was run at 0.15)
     stage1_tile: int = 0                   # stage 1 also sees tiles this large (pixels); 0 off
     merge_iou: float = 0.3                 # stage-1 boxes overlapping more become one crop
-    # the detection plan (beam_anon.plan): cheap looks
+    # the detection plan (beam_anon.detection.plan): cheap looks
     full_frame: bool = True
     full_frame_tile: int = 1280            # tile side as fixed-input models (YOLO) see it
     full_frame_max_side: int = 2048        # any-size models see the image whole up to this side
@@ -61,11 +61,11 @@ class Settings:
     crowd_face_size: int = 16
     crowd_scale: float = 2.0
     # agreement: "name=score": a box from this score up (below the model's threshold) is
-    # accepted where another listed model found one at the same place (beam_anon.plan)
+    # accepted where another listed model found one at the same place (beam_anon.detection.plan)
     agree_thresholds: tuple[str, ...] = ("centerface=0.1", "retinaface-mnv2=0.1")
     # head fallback: blur the head area of a large person with no face found there
     head_fallback: bool = False
-    head_fallback_min_face: int = 20       # pixels: expected face size (beam_anon.plan)
+    head_fallback_min_face: int = 20       # pixels: expected face size (beam_anon.detection.plan)
     head_fallback_min_score: float = 0.5
     # stage 2 minimum scores: per role, overridden per model by "name=score" entries
     face_threshold: float = 0.5
@@ -78,16 +78,16 @@ class Settings:
     plate_margin_fraction: float = 0.3     # the same for plates (detectors box the characters)
     plate_min_height_fraction: float = 0.5  # plates then at least this part of their width tall
     blur_strength: float = 0.25            # gaussian sigma / pixelate cell as a fraction of box size
-    # verification pass and review queue (beam_anon.verify)
+    # verification pass and review queue (beam_anon.detection.verify)
     verify: bool = True                    # re-detect on the blurred output, blur what survives
     verify_threshold: float = 0.6          # verification hit: score >= max(this, model threshold)
     verify_rounds: int = 2                 # re-blur rounds (strength doubles each) before review
     verify_full_frame: bool = False        # also re-check full-frame tiles, not only blurred boxes
     review_band: float = 0.1               # detections in [threshold - band, threshold): review
-    review_just_below: float = 0.005       # ... queued alone when this close (beam_anon.review)
+    review_just_below: float = 0.005       # ... queued alone when this close (beam_anon.detection.review)
     review_max_fraction: float = 0.0       # fill the queue with lower risks up to this share
     # output
-    jpeg_mode: str = "lossless"           # lossless | reencode (beam_anon.jpeg_output)
+    jpeg_mode: str = "lossless"           # lossless | reencode (beam_anon.media.jpeg_output)
     jpeg_quality: int = 95                 # re-encoded JPEGs only
     keep_metadata: bool = False
     max_pixels: int = 100_000_000          # images above this fail with a clear error

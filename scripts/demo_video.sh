@@ -6,6 +6,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/python -m beam_anon.video_sample out/demo-video-input/drive.mp4 --frames 40 --shake_every 5
+.venv/bin/python -m beam_anon.tools.video_sample out/demo-video-input/drive.mp4 --frames 40 --shake_every 5
 exec .venv/bin/beam-anon --input 'out/demo-video-input/*.mp4' \
   --output out/demo-video --video_segment_frames 20 "$@"

@@ -18,11 +18,11 @@ for preset in "${presets[@]}"; do
     .venv/bin/python -m beam_anon.cli --preset "$preset" --quiet ${RUN_OPTS:-} \
       --input "$dir/images/*.jpg" --output "$out"
     echo "$preset on $set: $(( $(date +%s) - start )) s wall" | tee "$out/wall.txt"
-    .venv/bin/python -m beam_anon.evaluate --labels "$dir/labels.jsonl" \
+    .venv/bin/python -m beam_anon.tools.evaluate --labels "$dir/labels.jsonl" \
       --manifest "$out/manifest*.jsonl" --json "$out/eval.json" | tee "$out/eval.txt"
-    .venv/bin/python -m beam_anon.evaluate --labels "$dir/labels.jsonl" --coverage 0.95 \
+    .venv/bin/python -m beam_anon.tools.evaluate --labels "$dir/labels.jsonl" --coverage 0.95 \
       --manifest "$out/manifest*.jsonl" > "$out/eval-whole.txt"
-    .venv/bin/python -m beam_anon.verify_jpeg --manifest "$out/manifest*.jsonl" \
+    .venv/bin/python -m beam_anon.tools.verify_jpeg --manifest "$out/manifest*.jsonl" \
       --json "$out/verify_jpeg.json" | tee "$out/verify_jpeg.txt"
   done
 done

@@ -4,7 +4,7 @@ For a machine with CUDA PyTorch but no onnxruntime-gpu (the lent device here). T
 
 1. raw model throughput per batch size: yolov8n-coco and platedet-yolov8s at 640x640 (platedet in
    its own fp16), CenterFace on 1280x736 frames; images/s = batch / median time of a batch.
-2. the detector set end to end on real images: ``beam_anon.anonymize.Anonymizer`` (real crop
+2. the detector set end to end on real images: ``beam_anon.detection.anonymize.Anonymizer`` (real crop
    plan, decode and NMS) with stage 1 = yolov8n-coco, faces = centerface, plates =
    platedet-yolov8s; YOLO crops go in one batch per image. YuNet is left out: it is a CPython
    3.11 extension with no GPU code. The same set on CPU onnxruntime (when installed) runs on the
@@ -31,7 +31,7 @@ import onnx
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # beam_anon
-from beam_anon.anonymize import Anonymizer  # noqa: E402
+from beam_anon.detection.anonymize import Anonymizer  # noqa: E402
 from beam_anon.detectors.centerface import INPUT as CF_INPUT, OUTPUTS as CF_OUTPUTS  # noqa: E402
 from beam_anon.detectors.centerface import CenterFace, _dynamic_model  # noqa: E402
 from beam_anon.detectors.yolo import YoloV8, _first_output_only  # noqa: E402

@@ -8,7 +8,7 @@ docs/accuracy.md.
 
 Each --try is a JSON object of Settings overrides applied to ``--preset``. Detection, blur margin
 and the verification pass run exactly as in ``beam-anon`` (same Anonymizer,
-same decoding), so recall equals what ``beam_anon.evaluate`` reports for a CLI run; this only
+same decoding), so recall equals what ``beam_anon.tools.evaluate`` reports for a CLI run; this only
 skips Beam to iterate faster. CPU seconds are the worker's own (time.process_time) per image.
 """
 from __future__ import annotations
@@ -19,10 +19,10 @@ import os
 import time
 from multiprocessing import Pool
 
-from beam_anon import evaluate
-from beam_anon.anonymize import load_anonymizer
-from beam_anon.image_io import decode
-from beam_anon.plan import preset
+from beam_anon.tools import evaluate
+from beam_anon.detection.anonymize import load_anonymizer
+from beam_anon.media.image_io import decode
+from beam_anon.detection.plan import preset
 from beam_anon.settings import Settings
 
 _anon = None

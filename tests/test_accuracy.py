@@ -2,7 +2,7 @@
 
 Ground truth for the sample images was drawn by eye on the pictures (tight face and plate boxes,
 pixels); the devset subset uses ../shared/devset/labels.jsonl (skipped when absent). Coverage is
-scored by beam_anon.evaluate, the same code users run on their own labels.
+scored by beam_anon.tools.evaluate, the same code users run on their own labels.
 """
 import json
 import os
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from beam_anon import evaluate
-from beam_anon.sample_truth import SAMPLE_TRUTH
+from beam_anon.tools import evaluate
+from beam_anon.tools.sample_truth import SAMPLE_TRUTH
 from beam_anon import cli
 
 pytestmark = [pytest.mark.models, pytest.mark.slow]

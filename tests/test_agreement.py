@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from beam_anon.anonymize import Anonymizer
+from beam_anon.detection.anonymize import Anonymizer
 from beam_anon.boxes import Detections
 from beam_anon.detectors.base import Detector
-from beam_anon.plan import agreement
+from beam_anon.detection.plan import agreement
 from beam_anon.settings import Settings
 
 AGREE = ("a=0.2", "b=0.1")
@@ -62,7 +62,7 @@ def test_anonymizer_admits_only_what_two_models_agree_on():
 
 
 def test_closer_look_boxes_the_other_model_did_not_confirm_are_not_review_candidates():
-    from beam_anon.plan import doubted
+    from beam_anon.detection.plan import doubted
 
     s = Settings(agree_thresholds=AGREE, zoom_models=("a", "b"))
     boxes = Detections.concat([

@@ -4,7 +4,7 @@ checked exactly without any model."""
 import cv2
 import numpy as np
 
-from beam_anon.anonymize import Anonymizer
+from beam_anon.detection.anonymize import Anonymizer
 from beam_anon.boxes import Detections
 from beam_anon.detectors import Detector
 from beam_anon.settings import Settings

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from beam_anon.boxes import Detections
-from beam_anon.image_io import decode
+from beam_anon.media.image_io import decode
 from tests.badinputs import BIG_SIZE, FACE_SIZE, SECRETS, face_picture, make_corpus
 from tests.test_pipeline import _manifest
 from beam_anon import cli

@@ -10,10 +10,11 @@ import cv2
 import numpy as np
 import pytest
 
-from beam_anon import models, sources
+from beam_anon import models
+from beam_anon.models import sources
 from beam_anon.detectors import build_detector
 from beam_anon.detectors.centerface import CenterFace
-from beam_anon.derived import sha256_file
+from beam_anon.models.derived import sha256_file
 
 ONNX = models.registry_dir().joinpath("own/beamplate.onnx")
 

@@ -1,4 +1,4 @@
-"""python -m beam_anon.bench: the image sets, and one tiny real run printing the table."""
+"""python -m beam_anon.tools.bench: the image sets, and one tiny real run printing the table."""
 from __future__ import annotations
 
 import os
@@ -6,7 +6,7 @@ import os
 import cv2
 import pytest
 
-from beam_anon import bench
+from beam_anon.tools import bench
 
 
 def test_default_images_spread_over_the_devset(tmp_path, monkeypatch):
@@ -50,7 +50,7 @@ def test_bench_runs_the_pipeline_and_prints_the_table(tmp_path, capsys, sample_p
 
 
 def test_peer_timing_counts_a_run_and_refuses_missing_outputs(tmp_path):
-    from beam_anon import peer
+    from beam_anon.tools import peer
     fake = tmp_path / "deface"
     fake.write_text("#!/bin/sh\nfor f in \"$@\"; do case $f in --*|opencv) ;; "
                     "*) cp \"$f\" \"${f%.jpg}_anonymized.jpg\";; esac; done\n")
@@ -66,7 +66,8 @@ def test_peer_timing_counts_a_run_and_refuses_missing_outputs(tmp_path):
 
 @pytest.mark.models
 def test_model_times_cover_every_model_and_variant(tmp_path, sample_paths):
-    from beam_anon import models, runtime
+    from beam_anon import models
+    from beam_anon.detectors import runtime
     image = cv2.resize(cv2.imread(sample_paths[0]), (320, 180))
     cv2.imwrite(str(tmp_path / "f.jpg"), image)
     rows = bench.model_times(str(tmp_path / "f.jpg"), 1)

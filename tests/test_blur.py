@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from beam_anon.blur import MODES, blur_boxes
+from beam_anon.detection.blur import MODES, blur_boxes
 from beam_anon.boxes import Detections
 
 

@@ -1,7 +1,7 @@
 """Derived model files: the graph fixes on small hand-built graphs, and on the real models that
 graph-fixed outputs equal the originals' (for YOLO's raw head: its decoded boxes equal the
-original graph's) and INT8 boxes match the float ones (beam_anon.graphs,
-beam_anon.derived). Tolerance for INT8, stated once: every box scoring at least
+original graph's) and INT8 boxes match the float ones (beam_anon.models.graphs,
+beam_anon.models.derived). Tolerance for INT8, stated once: every box scoring at least
 ``threshold + 0.2`` in one variant has a box of IoU >= 0.5 in the other, scoring at least
 ``threshold - 0.15``."""
 from __future__ import annotations
@@ -15,7 +15,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from beam_anon import derived, graphs, models, runtime
+from beam_anon.models import derived, graphs
+from beam_anon import models
+from beam_anon.detectors import runtime
 from beam_anon.boxes import iou_matrix
 from beam_anon.detectors import build_detector
 

@@ -1,4 +1,4 @@
-"""Tests of beam_anon.evaluate on hand-made labels and manifests (no images needed), plus one
+"""Tests of beam_anon.tools.evaluate on hand-made labels and manifests (no images needed), plus one
 run over the devset labels with a synthetic perfect manifest."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from beam_anon.evaluate import evaluate, format_table, load_labels, load_manifest, main, union_area
+from beam_anon.tools.evaluate import evaluate, format_table, load_labels, load_manifest, main, union_area
 
 DEVSET = Path(__file__).resolve().parents[2] / "shared" / "devset"
 

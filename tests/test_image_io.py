@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps, PngImagePlugin
 
-from beam_anon.image_io import (EXIF_ALLOW_LIST, ImageError, ImageMetadata, decode, encode,
+from beam_anon.media.image_io import (EXIF_ALLOW_LIST, ImageError, ImageMetadata, decode, encode,
                                 apply_orientation)
 
 MAX = 50_000_000

@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms
 
-from beam_anon import jpeg_lossless, jpeg_output, verify_jpeg
-from beam_anon.anonymize import AnonymizeResult
-from beam_anon.blur import blur_boxes
+from beam_anon.media import jpeg_lossless, jpeg_output
+from beam_anon.tools import verify_jpeg
+from beam_anon.detection.anonymize import AnonymizeResult
+from beam_anon.detection.blur import blur_boxes
 from beam_anon.boxes import Detections
-from beam_anon.image_io import decode
+from beam_anon.media.image_io import decode
 from beam_anon.manifest import ManifestRecord
 from beam_anon import cli
 from tests.badinputs import SECRETS, private_exif, with_private_metadata

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from beam_anon import licences, models
-from beam_anon.anonymize import AnonymizeResult
+from beam_anon.models import licences
+from beam_anon import models
+from beam_anon.detection.anonymize import AnonymizeResult
 from beam_anon.boxes import Detections
 from beam_anon.settings import Settings
 from beam_anon import cli
@@ -57,7 +58,7 @@ def test_guard_refuses_non_permissive_models_without_opt_in():
 
 
 def test_defaults_and_every_preset_are_permissive():
-    from beam_anon.plan import PRESETS
+    from beam_anon.detection.plan import PRESETS
 
     assert Settings().allow_licences == ()
     for name, changes in PRESETS.items():

@@ -1,12 +1,12 @@
-"""Running a detector on many crops (beam_anon.looks): packing into shared canvases and mapping
+"""Running a detector on many crops (beam_anon.detection.looks): packing into shared canvases and mapping
 every box back to image pixels exactly, through resizing and turns; cost accounting."""
 import cv2
 import numpy as np
 
-from beam_anon import looks
+from beam_anon.detection import looks
 from beam_anon.boxes import Detections
 from beam_anon.detectors import Detector
-from beam_anon.regions import Crop
+from beam_anon.detection.regions import Crop
 
 RED = (0, 0, 255)
 

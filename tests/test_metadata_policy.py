@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from beam_anon.image_io import EXIF_ALLOW_LIST, decode, encode
+from beam_anon.media.image_io import EXIF_ALLOW_LIST, decode, encode
 from tests.badinputs import SECRETS, jpeg_bytes, pattern, private_exif, with_private_metadata
 
 

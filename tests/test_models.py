@@ -11,7 +11,9 @@ import threading
 
 import pytest
 
-from beam_anon import derived, graphs, models, runtime, sources
+from beam_anon.models import derived, graphs, sources
+from beam_anon import models
+from beam_anon.detectors import runtime
 from beam_anon.detectors import Detector
 from tests.fakefs import flip_byte, mapped_filesystem
 

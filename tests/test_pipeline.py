@@ -13,12 +13,12 @@ import pytest
 from apache_beam.io.filesystems import FileSystems
 from PIL import Image, PngImagePlugin
 
-from beam_anon import transforms
-from beam_anon.anonymize import AnonymizeResult, DebugInfo
+from beam_anon.pipeline import transforms
+from beam_anon.detection.anonymize import AnonymizeResult, DebugInfo
 from beam_anon.boxes import Detections
-from beam_anon.image_io import decode, encode
+from beam_anon.media.image_io import decode, encode
 from beam_anon.manifest import ManifestRecord
-from beam_anon.regions import Crop
+from beam_anon.detection.regions import Crop
 from beam_anon.settings import Settings
 from beam_anon import cli
 

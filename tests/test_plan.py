@@ -1,11 +1,11 @@
 """The detection plan's pure parts: crop geometry, which looks are made for which boxes, the
-fallbacks and the presets (beam_anon.regions, beam_anon.plan). Boxes are xyxy pixels."""
+fallbacks and the presets (beam_anon.detection.regions, beam_anon.detection.plan). Boxes are xyxy pixels."""
 import numpy as np
 import pytest
 
-from beam_anon import plan
+from beam_anon.detection import plan
 from beam_anon.boxes import Detections
-from beam_anon.regions import int_box, scaled_tiles, tile
+from beam_anon.detection.regions import int_box, scaled_tiles, tile
 from beam_anon.settings import Settings
 
 

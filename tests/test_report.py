@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from beam_anon import report
+from beam_anon.tools import report
 from beam_anon.manifest import ManifestRecord
 from beam_anon import cli
 

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from beam_anon.image_io import decode
-from beam_anon.records import record_path
+from beam_anon.media.image_io import decode
+from beam_anon.pipeline.records import record_path
 from tests.test_pipeline import FakeAnonymizer, _jpeg, _manifest, _write
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

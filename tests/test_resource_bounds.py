@@ -4,8 +4,8 @@ import cv2
 import numpy as np
 import pytest
 
-from beam_anon.looks import detection_copy
-from beam_anon.image_io import ImageError, decode
+from beam_anon.detection.looks import detection_copy
+from beam_anon.media.image_io import ImageError, decode
 from beam_anon.settings import Settings
 from tests.test_anonymize import BLUE, RED, make
 

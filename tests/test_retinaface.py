@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from beam_anon import models
-from beam_anon.convert.canonical import canonical
+from beam_anon.models.convert.canonical import canonical
 from beam_anon.detectors import retina
 
 
@@ -81,7 +81,7 @@ def test_converted_file_computes_what_the_tensorflow_graph_computes(face_sample)
     import cv2
     import tensorflow as tf
 
-    from beam_anon.convert.tf_frozen_graph import OUTPUTS
+    from beam_anon.models.convert.tf_frozen_graph import OUTPUTS
 
     spec = models.model_info("retinaface-mnv2")
     root = models.ensure_model("retinaface-mnv2")
@@ -106,8 +106,8 @@ def test_a_failed_conversion_names_the_cause_and_leaves_no_file(tmp_path, monkey
     derived file nor a partial one, and ``models fetch`` says why instead of a traceback."""
     import shutil
 
-    from beam_anon import derived
-    from beam_anon.convert import tf_frozen_graph
+    from beam_anon.models import derived
+    from beam_anon.models.convert import tf_frozen_graph
 
     src = os.path.join(models.ensure_model("retinaface-mnv2"), "retinaface")
     root = tmp_path / "models" / "retinaface-mnv2"

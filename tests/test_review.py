@@ -3,7 +3,8 @@ import io
 
 import numpy as np
 
-from beam_anon import progress, review
+from beam_anon import progress
+from beam_anon.detection import review
 from beam_anon.boxes import Detections, covered_fraction, merge_objects
 from beam_anon.manifest import ManifestRecord
 from beam_anon.settings import Settings

@@ -1,8 +1,8 @@
-"""Segment planning (beam_anon.segments): cores partition the video at keyframes, context is
+"""Segment planning (beam_anon.media.segments): cores partition the video at keyframes, context is
 clipped to the video, the detection rule depends on the frame number only."""
 import pytest
 
-from beam_anon.segments import Segment, detect_frame, plan_segments
+from beam_anon.media.segments import Segment, detect_frame, plan_segments
 
 
 def test_cores_partition_the_video_at_keyframes():

@@ -14,9 +14,9 @@ import pytest
 from apache_beam.io.tfrecordio import _TFRecordUtil
 from PIL import Image
 
-from beam_anon import tfrecord_reader, tfrecords
+from beam_anon.pipeline import tfrecord_reader, tfrecords
 from beam_anon.boxes import Detections
-from beam_anon.image_io import apply_orientation, decode, encode
+from beam_anon.media.image_io import apply_orientation, decode, encode
 from beam_anon.settings import Settings
 from beam_anon import cli
 from test_pipeline import FakeAnonymizer, _manifest, fake_factory  # fake: blacks the centre out

@@ -1,10 +1,10 @@
-"""The temporal step (beam_anon.tracking): links, interpolation across gaps, extension before and
+"""The temporal step (beam_anon.detection.tracking): links, interpolation across gaps, extension before and
 after a track, and the locality that lets video segments be processed independently."""
 import numpy as np
 import pytest
 
-from beam_anon import tracking
-from beam_anon.tracking import Linking
+from beam_anon.detection import tracking
+from beam_anon.detection.tracking import Linking
 from beam_anon.boxes import Detections
 
 W, H = 640, 360

@@ -10,7 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from beam_anon import cli, models, user_models
+from beam_anon import cli, models
+from beam_anon.models import user_models
 from beam_anon.detectors.user_spec import SpecError, parse
 from beam_anon.options import settings_from
 from beam_anon.settings import Settings

@@ -4,8 +4,8 @@ import cv2
 import numpy as np
 import pytest
 
-from beam_anon import verify
-from beam_anon.anonymize import Anonymizer
+from beam_anon.detection import verify
+from beam_anon.detection.anonymize import Anonymizer
 from beam_anon.boxes import Detections
 from beam_anon.detectors import Detector
 from beam_anon.settings import Settings
@@ -88,7 +88,7 @@ def test_new_detection_after_blur_is_blurred_and_added():
     img = scene()
     img[250:300, 300:350] = checker(50, 50)  # a second face the first pass did not blur
     first = Detections.from_boxes([[90, 90, 190, 190]], [0.9], "face")
-    from beam_anon.blur import blur_boxes
+    from beam_anon.detection.blur import blur_boxes
     blurred = blur_boxes(img, first, "gaussian", 0.25)
     # by default only the blurred boxes and their surroundings are checked again: far away,
     # the second face is not (the first pass owns full-frame recall)

@@ -1,4 +1,4 @@
-"""Video end to end with the real models on the generated clip (beam_anon.video_sample): a pan
+"""Video end to end with the real models on the generated clip (beam_anon.tools.video_sample): a pan
 and zoom across the sample pictures, stored turned by 90 degrees, with every fifth frame smeared
 by a camera jolt (the detectors miss faces and plates there). Every known face and plate must
 come out blurred in every frame, and a run split into segments must equal a whole-video run."""
@@ -11,10 +11,10 @@ import av
 import numpy as np
 import pytest
 
-from beam_anon import video_io
-from beam_anon.evaluate import union_area
+from beam_anon.media import video_io
+from beam_anon.tools.evaluate import union_area
 from beam_anon.settings import Settings
-from beam_anon.video_sample import SECRETS, is_shaken, make_clip, visible
+from beam_anon.tools.video_sample import SECRETS, is_shaken, make_clip, visible
 from beam_anon import cli
 from tests.videofakes import blurred, read_sidecar
 

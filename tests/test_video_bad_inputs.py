@@ -11,7 +11,7 @@ import av
 import numpy as np
 import pytest
 
-from beam_anon.video_sample import write_video
+from beam_anon.tools.video_sample import write_video
 from beam_anon import cli
 from tests.videofakes import leftovers, marker_frames
 

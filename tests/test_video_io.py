@@ -1,12 +1,12 @@
-"""Video in and out without models (beam_anon.video_io, beam_anon.video_encode): probing every
+"""Video in and out without models (beam_anon.media.video_io, beam_anon.media.video_encode): probing every
 container, display orientation, seeking to a frame range, encoding parts and joining them with
 the audio copied byte for byte and no metadata or GPS streams. Clips are generated here."""
 import av
 import numpy as np
 import pytest
 
-from beam_anon import video_encode, video_io
-from beam_anon.video_sample import SECRETS, write_video
+from beam_anon.media import video_encode, video_io
+from beam_anon.tools.video_sample import SECRETS, write_video
 
 FPS = 10
 

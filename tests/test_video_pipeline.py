@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_anon import video_io
-from beam_anon.video_sample import SECRETS, write_video
+from beam_anon.media import video_io
+from beam_anon.tools.video_sample import SECRETS, write_video
 from beam_anon import cli
-from beam_anon.evaluate import union_area
+from beam_anon.tools.evaluate import union_area
 from tests.videofakes import blurred, leftovers, marker_factory, marker_frames, read_sidecar
 
 RUNNER = "--runner=FnApiRunner"

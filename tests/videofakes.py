@@ -15,8 +15,8 @@ import os
 import cv2
 import numpy as np
 
-from beam_anon.anonymize import AnonymizeResult
-from beam_anon.blur import blur_boxes
+from beam_anon.detection.anonymize import AnonymizeResult
+from beam_anon.detection.blur import blur_boxes
 from beam_anon.boxes import Detections
 
 COLOURS = {"face": (255, 0, 255), "plate": (255, 255, 0)}  # BGR

@@ -19,7 +19,7 @@ def build_detector(spec: dict, model_dir: str, variant: str = "original",
     """A loaded detector for a registry entry ``spec`` (see ``beam_anon.models.model_info``)
     whose verified files lie under ``model_dir`` (``<model_dir>/<path in archive>``, derived
     files under ``<model_dir>/derived/``); ``variant`` and ``device`` as in
-    :mod:`beam_anon.runtime`."""
+    :mod:`beam_anon.detectors.runtime`."""
     family = spec["family"]
     if family in ("yolov8", "yolov8seg"):
         from beam_anon.detectors.yolo import YoloV8 as cls

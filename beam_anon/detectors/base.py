@@ -19,7 +19,7 @@ class Detector(abc.ABC):
     stage 1. Implementations must be thread-compatible (one instance per process is shared).
     """
 
-    #: registry name, role (``stage1`` | ``face`` | ``plate``), variant (``beam_anon.runtime``),
+    #: registry name, role (``stage1`` | ``face`` | ``plate``), variant (``beam_anon.detectors.runtime``),
     #: sha256 of the weights file that runs (of a SavedModel directory's files) and licence
     name: str = ""
     role: str = ""
@@ -35,7 +35,7 @@ class Detector(abc.ABC):
         """Detect on several images; families whose runtime gains from batching override this."""
         return [self.detect(image, min_score) for image in images]
 
-    #: (w, h) of a fixed model input that crops are packed into (``beam_anon.looks``); None
+    #: (w, h) of a fixed model input that crops are packed into (``beam_anon.detection.looks``); None
     #: for models that take any size
     canvas: tuple[int, int] | None = None
     #: trim shared canvases to multiples of this (models of dynamic input size that pad to it)
@@ -50,5 +50,5 @@ class Detector(abc.ABC):
 
     def calibration_feeds(self, image: np.ndarray) -> list[dict]:
         """Model input dicts for ``image`` exactly as :meth:`detect` prepares them (INT8
-        calibration, ``beam_anon.derived``); empty for models that are not ONNX graphs."""
+        calibration, ``beam_anon.models.derived``); empty for models that are not ONNX graphs."""
         return []

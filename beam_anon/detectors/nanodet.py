@@ -17,7 +17,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from beam_anon import runtime
+from beam_anon.detectors import runtime
 from beam_anon.boxes import Detections, nms
 from beam_anon.detectors.base import Detector
 

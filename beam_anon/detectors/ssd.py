@@ -11,7 +11,7 @@ import abc
 import cv2
 import numpy as np
 
-from beam_anon import runtime
+from beam_anon.detectors import runtime
 from beam_anon.boxes import Detections
 from beam_anon.detectors.base import Detector
 

@@ -8,7 +8,7 @@ import threading
 
 import numpy as np
 
-from beam_anon import runtime
+from beam_anon.detectors import runtime
 from beam_anon.detectors.ssd import SSDDetector
 from beam_anon.detectors.user_spec import OD_API_OUTPUTS
 

@@ -34,7 +34,7 @@ import re
 ROLES = ("face", "plate", "stage1")
 FORMATS = ("tf_saved_model", "tflite", "onnx")
 OUTPUTS = ("boxes", "classes", "scores", "count")
-#: stage-1 names the plan uses (beam_anon.plan: persons' heads, vehicles' plates)
+#: stage-1 names the plan uses (beam_anon.detection.plan: persons' heads, vehicles' plates)
 STAGE1_USED = ("person", "bicycle", "car", "motorcycle", "bus", "truck")
 REQUIRED = ("name", "role", "format", "path")
 OPTIONAL = ("class_ids", "threshold", "input_size", "labels", "licence", "outputs",
@@ -140,7 +140,7 @@ def parse(spec, taken: tuple[str, ...] = ()) -> dict:
     """The checked entry of a spec (parsed JSON); ``taken``: names already in use (the
     registry's). Raises :class:`SpecError`. The entry holds every field, defaults filled in,
     plus ``family`` (= format) and ``source: "spec"``; files and digests are added by
-    :mod:`beam_anon.user_models`."""
+    :mod:`beam_anon.models.user_models`."""
     if not isinstance(spec, dict):
         raise SpecError("a model spec is a JSON object")
     missing = [k for k in REQUIRED if not spec.get(k)]

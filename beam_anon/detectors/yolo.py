@@ -5,7 +5,7 @@ Two graph forms, one contract (boxes in pixels of the array given):
 * **as exported** (``original``): a static 640x640 input, letterboxed (aspect kept, centred,
   pad 114); output0 ``[1, 4 + nc (+ nm), 8400]`` = ``cx, cy, w, h`` in letterbox pixels and
   ``nc`` class scores (mask coefficients ignored).
-* **raw head** (``fixed``/``int8`` variants made at fetch, ``beam_anon.graphs.cut_at``): the graph
+* **raw head** (``fixed``/``int8`` variants made at fetch, ``beam_anon.models.graphs.cut_at``): the graph
   cut before its box decoding, input dims dynamic. Outputs per stride (8, 16, 32) a box tensor
   ``[1, 64, h, w]`` (4 sides x 16 distance bins) and a class tensor ``[1, nc, h, w]`` (logits);
   decoded here in float: distance = softmax-weighted bin index, box = anchor centre minus/plus
@@ -13,7 +13,7 @@ Two graph forms, one contract (boxes in pixels of the array given):
   its long side exceeds :data:`INPUT_SIZE`; it is padded bottom/right to multiples of 32, so a
   1280x720 frame shrunk to 640x360 costs 640x384 instead of 640x640.
 
-Callers (``beam_anon.plan``) resize crops to at most :data:`INPUT_SIZE` themselves. Decode keeps
+Callers (``beam_anon.detection.plan``) resize crops to at most :data:`INPUT_SIZE` themselves. Decode keeps
 the best class per anchor and runs per-class NMS. Labels: ``spec["classes"]``.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from beam_anon import runtime
+from beam_anon.detectors import runtime
 from beam_anon.boxes import Detections
 from beam_anon.detectors.base import Detector
 

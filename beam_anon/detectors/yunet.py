@@ -16,7 +16,7 @@ import numpy as np
 
 from beam_anon.boxes import Detections
 from beam_anon.detectors.base import Detector
-from beam_anon.runtime import threads
+from beam_anon.detectors.runtime import threads
 
 
 class YuNet(Detector):

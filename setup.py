@@ -16,7 +16,7 @@ setup(
     packages=find_packages(include=["beam_anon", "beam_anon.*"]) + ["beam_anon.registry"],
     package_dir={"beam_anon.registry": "models"},
     package_data={"beam_anon.registry": ["registry.json", "own/*.onnx", "own/*.json"]},
-    entry_points={"console_scripts": ["beam-anon = beam_anon.cli:main"]},
+    entry_points={"console_scripts": ["beam-anon = beam_anon.cli:command"]},
     install_requires=[
         "apache-beam[gcp,tfrecord]==2.77.0",
         "tensorflow-cpu==2.21.0",

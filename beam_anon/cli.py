@@ -253,5 +253,13 @@ def main(argv: list[str] | None = None, anonymizer_factory=None):
     return result
 
 
+def command() -> int:
+    """The ``beam-anon`` console command: exit status 0 when the run finished (or was handed to
+    a runner that does not wait, e.g. Dataflow), 1 when it failed or was cancelled; bad options
+    and start checks exit 2 / with their message (``SystemExit``)."""
+    state = str(getattr(main(), "state", "") or "")
+    return 1 if state.endswith(("FAILED", "CANCELLED")) else 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(command())

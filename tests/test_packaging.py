@@ -106,3 +106,14 @@ def test_installed_command_and_only_beam_anon(venv, tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     where, count = run.stdout.split()
     assert where.startswith(venv) and where.endswith("beam_anon/registry") and int(count) >= 5
+
+
+def test_command_exit_status_follows_the_pipeline_state(monkeypatch):
+    from types import SimpleNamespace
+
+    from beam_anon import cli
+
+    for state, status in (("PipelineState.DONE", 0), ("RUNNING", 0), ("PipelineState.FAILED", 1),
+                          ("CANCELLED", 1)):
+        monkeypatch.setattr(cli, "main", lambda: SimpleNamespace(state=state))
+        assert cli.command() == status, state

@@ -45,11 +45,6 @@ def blocked(names: Iterable[str], allowed: Iterable[str]) -> list[tuple[str, dic
     return out
 
 
-def _run_models(settings) -> tuple[str, ...]:
-    """Every registry model the run loads (stage 1, face and plate models)."""
-    return settings.model_names()
-
-
 def check(settings, error: type[Exception] = LicenceError) -> None:
     """Raise ``error`` (default :class:`LicenceError`; the CLI passes ``SystemExit``) when
     ``settings`` name a model whose licence class is not permissive and not in
@@ -58,7 +53,7 @@ def check(settings, error: type[Exception] = LicenceError) -> None:
     if bad:
         raise error(f"--allow_licences {','.join(bad)}: expected a comma list of "
                     f"{', '.join(OPT_IN)}")
-    refused = blocked(_run_models(settings), settings.allow_licences)
+    refused = blocked(settings.model_names(), settings.allow_licences)
     if refused:
         classes = ",".join(sorted({lic["class"] for _, lic in refused}))
         lines = "; ".join(f"{name} ({lic['class']}: {lic['licence']})" for name, lic in refused)
@@ -73,7 +68,7 @@ def record(settings) -> dict[str, dict]:
     from beam_anon.models import ModelError
 
     out = {}
-    for name in dict.fromkeys(_run_models(settings)):
+    for name in dict.fromkeys(settings.model_names()):
         try:
             out[name] = licence_of(name)
         except ModelError:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from beam_anon.detectors.centerface import CenterFace
-from training import augment, data, targets
+from training import augment, data, mining, targets
 
 
 def write_set(folder, images: dict[str, tuple[int, int]], lines: list[dict]) -> str:
@@ -119,6 +119,53 @@ def test_sample_is_seeded_and_scales_plates_down():
         shorts += list((out[:, 2:] - out[:, :2]).min(axis=1))
     assert min(shorts) < 8 and max(shorts) <= cfg.plate_sizes[1] + 1e-3
     assert np.median(shorts) < 20          # mostly distant plates
+
+
+def test_crops_centre_on_hard_negatives_near_their_mining_scale():
+    image = np.full((720, 1280, 3), 100, np.uint8)
+    plates = np.array([[100, 100, 140, 110]], np.float32)
+    negatives = np.array([[900, 500, 980, 530, 0.5]], np.float32)   # mined at half size
+    cfg = augment.CropConfig(size=128, around_negative=1.0)
+    for seed in range(20):
+        scale, x0, y0 = augment.choose_view(plates, 1280, 720, np.random.default_rng(seed), cfg,
+                                            negatives)
+        assert 0.5 * 0.7 - 1e-6 <= scale <= 0.5 * 1.4 + 1e-6
+        side = cfg.size / scale
+        assert x0 <= 900 and x0 + side >= 980 and y0 <= 500 and y0 + side >= 530
+    # without negatives (or a zero share) the plate crops are drawn as before
+    a = augment.choose_view(plates, 1280, 720, np.random.default_rng(3), augment.CropConfig())
+    b = augment.choose_view(plates, 1280, 720, np.random.default_rng(3),
+                            augment.CropConfig(around_negative=0.0), negatives)
+    assert a == b
+
+
+def test_mined_negatives_keep_clear_of_plates_and_doubt():
+    plates = np.array([[100, 100, 200, 130]], np.float32)
+    boxes = np.array([[210, 100, 300, 130],     # touches the plate grown by half its size
+                      [400, 400, 480, 430],     # clear, plate-like: a hard negative
+                      [500, 500, 508, 504],     # clear but tiny: may be an unlabelled plate
+                      [600, 600, 700, 630],     # clear but confident: may be a missed label
+                      [700, 100, 780, 130]],    # clear, below the mining score
+                     np.float32)
+    scores = np.array([0.3, 0.3, 0.3, 0.9, 0.05], np.float32)
+    assert list(mining.clear_of(boxes, plates)) == [False, True, True, True, True]
+    picked = mining.select(boxes, scores, plates, 0.5)
+    np.testing.assert_array_equal(picked, [[400, 400, 480, 430, 0.5]])
+
+
+def test_mining_runs_the_model_on_each_view():
+    # a fake model that sees a plate-shaped blob at the same place in every view
+    def predict(blob):
+        h, w = blob.shape[2] // 4, blob.shape[3] // 4
+        heat = np.zeros((1, 1, h, w), np.float32)
+        heat[0, 0, h // 2, w // 2] = 0.3
+        size = np.zeros((1, 2, h, w), np.float32)
+        size[0, 0], size[0, 1] = np.log(h / 4), np.log(w / 4)   # a quarter of the view
+        return heat, size, np.zeros((1, 2, h, w), np.float32)
+    rows = mining.mine_image(predict, np.zeros((1000, 2000, 3), np.uint8),
+                             np.zeros((0, 4), np.float32))
+    assert len(rows) == 2 and sorted(rows[:, 4]) == [0.16, 0.512]
+    np.testing.assert_allclose(rows[:, :4] / [2000, 1000, 2000, 1000], [[0.375, 0.375, 0.625, 0.625]] * 2, atol=0.02)
 
 
 def test_targets_decode_back_to_the_boxes():

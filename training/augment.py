@@ -19,7 +19,9 @@ class CropConfig:
     plate is scaled to (log-uniform); ``max_upscale``: scale limit (upscaled plates are blurry,
     as in the pipeline's vehicle crops); ``around_plate``: share of crops centred near a plate;
     ``random_scales``: (min, max) scale of the other crops; ``min_box``: boxes whose short side
-    ends below this many pixels are dropped from the targets."""
+    ends below this many pixels are dropped from the targets; ``around_negative``: share of
+    crops centred on a mined hard negative (:mod:`training.mining`) when the image has one,
+    seen at its mining scale times a log-uniform factor of ``negative_jitter``."""
 
     size: int = 256
     plate_sizes: tuple[float, float] = (5.0, 48.0)
@@ -27,30 +29,44 @@ class CropConfig:
     around_plate: float = 0.8
     random_scales: tuple[float, float] = (0.25, 1.2)
     min_box: float = 2.0
+    around_negative: float = 0.0
+    negative_jitter: tuple[float, float] = (0.7, 1.4)
 
 
 def log_uniform(rng: np.random.Generator, low: float, high: float) -> float:
     return float(np.exp(rng.uniform(np.log(low), np.log(high))))
 
 
+def _around(box, scale: float, size: int, rng: np.random.Generator) -> tuple[float, float, float]:
+    """(scale, x0, y0) of a crop at ``scale`` holding ``box`` at a random place."""
+    side = size / scale
+    bw, bh = box[2] - box[0], box[3] - box[1]
+    x0 = box[0] - rng.uniform(0.0, max(side - bw, 0.0))
+    y0 = box[1] - rng.uniform(0.0, max(side - bh, 0.0))
+    return scale, float(x0), float(y0)
+
+
 def choose_view(boxes: np.ndarray, width: int, height: int, rng: np.random.Generator,
-                cfg: CropConfig) -> tuple[float, float, float]:
+                cfg: CropConfig, negatives: np.ndarray | None = None
+                ) -> tuple[float, float, float]:
     """(scale, x0, y0): the crop covers image pixels ``x0 .. x0 + size / scale`` (same for y)
     and is resized by ``scale``. Around a plate: the plate's short side becomes a log-uniform
-    size of ``plate_sizes`` and it lands at a random place inside the crop."""
+    size of ``plate_sizes`` and it lands at a random place inside the crop. Around a hard
+    negative (``negatives``: (M, 5) xyxy + mining scale): near the scale it was mined at."""
+    if (cfg.around_negative > 0 and negatives is not None and len(negatives)
+            and rng.random() < cfg.around_negative):
+        neg = negatives[rng.integers(len(negatives))]
+        scale = min(cfg.max_upscale, float(neg[4]) * log_uniform(rng, *cfg.negative_jitter))
+        return _around(neg[:4], scale, cfg.size, rng)
     if len(boxes) and rng.random() < cfg.around_plate:
         box = boxes[rng.integers(len(boxes))]
         short = float(min(box[2] - box[0], box[3] - box[1]))
         scale = min(cfg.max_upscale, log_uniform(rng, *cfg.plate_sizes) / max(short, 1.0))
-        side = cfg.size / scale
-        bw, bh = box[2] - box[0], box[3] - box[1]
-        x0 = box[0] - rng.uniform(0.0, max(side - bw, 0.0))
-        y0 = box[1] - rng.uniform(0.0, max(side - bh, 0.0))
-    else:
-        scale = log_uniform(rng, *cfg.random_scales)
-        side = cfg.size / scale
-        x0 = rng.uniform(min(0.0, width - side), max(0.0, width - side))
-        y0 = rng.uniform(min(0.0, height - side), max(0.0, height - side))
+        return _around(box, scale, cfg.size, rng)
+    scale = log_uniform(rng, *cfg.random_scales)
+    side = cfg.size / scale
+    x0 = rng.uniform(min(0.0, width - side), max(0.0, width - side))
+    y0 = rng.uniform(min(0.0, height - side), max(0.0, height - side))
     return scale, float(x0), float(y0)
 
 

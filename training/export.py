@@ -96,7 +96,7 @@ def training_command(checkpoint: str) -> str:
     opts = " ".join(f"--{k} {' '.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
                     for k, v in sorted(args.items())
                     if k not in ("resume", "stop_after", "threads", "pretrained_cache", "data",
-                                 "val_street"))
+                                 "val_street") and v not in ("", [], ()))
     return f"nice -n 5 python -m training.train {opts}"
 
 

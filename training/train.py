@@ -6,6 +6,11 @@ a line in ``<out>/log.jsonl`` (loss parts, validation recall on the held-out vid
 ``devset_streetplates`` at 1x, wall and CPU seconds) and ``<out>/epoch<N>.pt``. Crops are drawn
 from ``numpy.random.default_rng((seed, epoch, step))``, so a resumed run draws what an
 uninterrupted one would. Training data: ``--data`` only (the dev sets only validate).
+
+Hard negatives (``--mine_at``): before each listed epoch the model as it stands is exported and
+run over the training images (:mod:`training.mining`); ``--negative_share`` of the later crops
+are centred on the plate-like places it found where the labels have no plate. ``--init`` starts
+from another run's weights (fine-tuning) instead of ImageNet's.
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from training import augment, data, targets, validate
+from training import augment, data, mining, targets, validate
 from training.export import INPUT, OUTPUTS, to_onnx
 from training.model import PRETRAINED, PlateNet, pretrained_weights
 
@@ -61,6 +66,12 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
+    p.add_argument("--init", default="",
+                   help="start from this checkpoint's weights (a .pt of an earlier run)")
+    p.add_argument("--mine_at", type=int, nargs="*", default=[], metavar="EPOCH",
+                   help="mine hard negatives before these epochs (0 = before the first)")
+    p.add_argument("--negative_share", type=float, default=0.3,
+                   help="share of crops centred on a mined negative, once mined")
     p.add_argument("--stop_after", type=int, default=0,
                    help="stop after this epoch (same schedule; --resume continues later)")
     p.add_argument("--pretrained_cache",
@@ -101,12 +112,14 @@ def read_for_view(sample: data.Sample, scale: float) -> tuple[np.ndarray, float]
 
 
 def make_batch(samples: list[data.Sample], probs: np.ndarray, rng: np.random.Generator,
-               cfg: augment.CropConfig, count: int) -> dict[str, torch.Tensor]:
+               cfg: augment.CropConfig, count: int,
+               negatives: dict[str, np.ndarray] | None = None) -> dict[str, torch.Tensor]:
     size = cfg.size
     images, parts = [], []
     for _ in range(count):
         s = samples[rng.choice(len(samples), p=probs)]
-        scale, x0, y0 = augment.choose_view(s.boxes, s.width, s.height, rng, cfg)
+        scale, x0, y0 = augment.choose_view(s.boxes, s.width, s.height, rng, cfg,
+                                            (negatives or {}).get(s.path))
         image, f = read_for_view(s, scale)
         crop, boxes = augment.crop(image, s.boxes / f, scale * f, x0 / f, y0 / f, size,
                                    cfg.min_box)
@@ -128,16 +141,19 @@ def source_probs(samples: list[data.Sample]) -> np.ndarray:
     return w / w.sum()
 
 
-def validation(onnx_model: bytes, threads: int, val_video, val_street) -> dict:
-    """Recall of the exported graph (what ships) on both validation sets, run by onnxruntime."""
+def predictor(onnx_model: bytes, threads: int):
+    """blob -> (heatmap, scale, offset) of the exported graph (what ships), by onnxruntime."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     sess = ort.InferenceSession(onnx_model, options, providers=["CPUExecutionProvider"])
+    return lambda blob: sess.run(list(OUTPUTS), {INPUT: blob})
 
-    def predict(blob: np.ndarray):
-        return sess.run(list(OUTPUTS), {INPUT: blob})
+
+def validation(onnx_model: bytes, threads: int, val_video, val_street) -> dict:
+    """Recall of the exported graph on both validation sets."""
+    predict = predictor(onnx_model, threads)
     out = {"video": validate.evaluate(predict, val_video)}
     if val_street:
         out["street"] = validate.evaluate(predict, val_street)
@@ -164,6 +180,8 @@ def main(argv=None) -> int:
     probs = source_probs(train_set)
     net = PlateNet(args.backbone, args.width)
     net.load_pretrained(pretrained_weights(args.backbone, args.pretrained_cache))
+    if args.init:
+        net.load_state_dict(torch.load(args.init, map_location="cpu", weights_only=False)["model"])
     for name, p in net.named_parameters():
         p.requires_grad = not name.startswith(FROZEN[args.backbone])
     params = [p for p in net.parameters() if p.requires_grad]
@@ -172,7 +190,7 @@ def main(argv=None) -> int:
     warmup = max(1, min(100, total // 10))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / warmup) * 0.5 * (
         1 + math.cos(math.pi * min(i, total) / total)))
-    start, log = 0, []
+    start, log, negatives = 0, [], {}
     last = os.path.join(args.out, "last.pt")
     if args.resume and os.path.isfile(last):
         ckpt = torch.load(last, map_location="cpu", weights_only=False)
@@ -180,23 +198,30 @@ def main(argv=None) -> int:
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         start, log = ckpt["epoch"], ckpt["log"]
+        negatives = ckpt.get("negatives", {})
         print(f"resumed after epoch {start}", flush=True)
     print(f"train {len(train_set)} images, validate {len(val_video)} video frames + "
           f"{len(val_street)} street photos; {args.backbone}, {sum(p.numel() for p in params)} "
           f"trainable parameters", flush=True)
-    cfg = augment.CropConfig(size=args.crop, plate_sizes=tuple(args.plate_sizes))
     pool = concurrent.futures.ThreadPoolExecutor(1)
     for epoch in range(start, args.epochs):
         t0, c0 = time.time(), resource.getrusage(resource.RUSAGE_SELF)
+        if epoch in args.mine_at:
+            net.eval()
+            negatives = mining.mine(predictor(to_onnx(net), args.threads), train_set)
+            print(f"mined {sum(len(v) for v in negatives.values())} hard negatives in "
+                  f"{len(negatives)} images ({time.time() - t0:.0f} s)", flush=True)
+        cfg = augment.CropConfig(size=args.crop, plate_sizes=tuple(args.plate_sizes),
+                                 around_negative=args.negative_share if negatives else 0.0)
         set_train_mode(net)
         rngs = [np.random.default_rng((args.seed, epoch, step)) for step in range(args.steps)]
-        pending = pool.submit(make_batch, train_set, probs, rngs[0], cfg, args.batch)
+        pending = pool.submit(make_batch, train_set, probs, rngs[0], cfg, args.batch, negatives)
         sums: dict[str, float] = {}
         for step in range(args.steps):
             batch = pending.result()
             if step + 1 < args.steps:
                 pending = pool.submit(make_batch, train_set, probs, rngs[step + 1], cfg,
-                                      args.batch)
+                                      args.batch, negatives)
             parts = losses(net, batch)
             loss = sum(parts.values())
             opt.zero_grad()
@@ -228,7 +253,7 @@ def main(argv=None) -> int:
             f.write(json.dumps(entry) + "\n")
         ckpt = {"model": net.state_dict(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "epoch": epoch + 1, "log": log,
-                "args": vars(args)}
+                "args": vars(args), "negatives": negatives}
         torch.save(ckpt, last + ".part")
         os.replace(last + ".part", last)
         torch.save({"model": net.state_dict(), "args": vars(args), "epoch": epoch + 1},

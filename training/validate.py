@@ -53,5 +53,6 @@ def evaluate(predict, samples: list[Sample]) -> dict:
         boxes_per_image.append(int((dets.scores >= 0.3).sum()))
         sizes += list((sample.boxes[:, 2:] - sample.boxes[:, :2]).min(axis=1))
     table = recall_table(hits, sizes)
-    table["boxes_per_image_t0.3"] = round(float(np.mean(boxes_per_image)), 2)
+    table["boxes_per_image_t0.3"] = (round(float(np.mean(boxes_per_image)), 2)
+                                     if boxes_per_image else None)
     return table

@@ -59,6 +59,24 @@ def test_near_threshold_needs_two_signals_or_a_score_just_below():
     assert one["queued"] is False and one["reasons"] == [review.NEAR_THRESHOLD]
 
 
+def test_plate_candidates_on_a_car_whose_plate_was_blurred_are_not_queued():
+    cars = dets([[0, 0, 100, 60], [200, 0, 300, 60]], [0.9, 0.9], ["car", "car"])
+    blurred = dets([[40, 40, 60, 50]], [0.8], ["plate"])          # the first car's plate
+    plated = review.plated_vehicles(cars, blurred)
+    np.testing.assert_array_equal(plated, [[0, 0, 100, 60]])
+    two = [{"m:full_frame", "m:vehicle"}] * 3
+    near = dets([[10, 30, 30, 38],        # the first car's badge: listed, not queued
+                 [240, 40, 260, 50],      # the second car, no plate found: queued
+                 [500, 40, 520, 50]],     # on no vehicle: queued as before
+                [0.22] * 3, ["plate"] * 3, two)
+    entries = review.near_entries(near, S, plated)
+    assert [e["queued"] for e in entries] == [False, True, True]
+    assert entries[0]["on_plated_vehicle"] and "on_plated_vehicle" not in entries[1]
+    # faces on that car (a driver) still queue
+    face = dets([[10, 30, 30, 38]], [0.22], ["face"], two[:1])
+    assert review.near_entries(face, S, plated)[0]["queued"]
+
+
 def test_failures_and_survivors_always_in_the_queue_riskiest_first():
     survived = dets([[0, 0, 10, 10]], [0.7], ["face"])
     items = [

@@ -272,3 +272,14 @@ def test_training_reproduces_with_mining_and_resume(tmp_path, monkeypatch):
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
     assert len(a["negatives"]) == 3 and a["negatives"].keys() == b["negatives"].keys()
+
+
+def test_recipe_chains_its_stages():
+    pytest.importorskip("torch")
+    from training import recipe
+
+    runs = recipe.stage_args("R", ["--threads", "4"])
+    assert [r[1] for r in runs] == ["R/base", "R/negatives1", "R/negatives2"]
+    assert "--init" not in runs[0] and runs[1][runs[1].index("--init") + 1] == "R/base/last.pt"
+    assert runs[2][runs[2].index("--init") + 1] == "R/negatives1/last.pt"
+    assert all(r[-2:] == ["--threads", "4"] and "--mine_at" in r for r in runs[1:])

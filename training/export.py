@@ -107,6 +107,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--registry", action="store_true",
                    help="record sha256, training command and commit in models/registry.json")
+    p.add_argument("--command", default="",
+                   help="the training command to record (default: the checkpoint's own "
+                        "training.train command)")
     args = p.parse_args(argv)
     data = to_onnx(load_checkpoint(args.checkpoint))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -117,7 +120,7 @@ def main(argv=None) -> int:
     if args.registry:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                                 cwd=os.path.dirname(REGISTRY)).stdout.strip()
-        record(data, training_command(args.checkpoint), commit)
+        record(data, args.command or training_command(args.checkpoint), commit)
         print(f"{REGISTRY}: beamplate entry updated (commit {commit[:10]})")
     return 0
 

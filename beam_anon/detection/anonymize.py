@@ -164,8 +164,9 @@ class Anonymizer:
         t = time.perf_counter()
         out = blur_boxes(image, blurred_boxes, self.settings.blur_mode, self.settings.blur_strength)
         timings["blur"] = time.perf_counter() - t
-        out, blurred_boxes, review = verify.check(self, out, blurred_boxes, debug.near_misses,
-                                                  timings, cost)
+        out, blurred_boxes, review = verify.check(
+            self, out, blurred_boxes, debug.near_misses, timings, cost,
+            debug.stage1.with_label(*plan.VEHICLES))
         return AnonymizeResult(out, blurred_boxes, debug if keep_debug else None, timings,
                                review, cost)
 

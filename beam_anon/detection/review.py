@@ -8,7 +8,9 @@ holds the queued ones, riskiest first (:func:`select`). Reasons and their risk (
 * ``near_threshold`` (0.3-0.8): a detection outside every blurred box scoring within
   ``review_band`` below its threshold, not blurred. Queued only when more than one weak signal
   saw it (two models, or two looks at different scales: its ``sources``) or when it scored within
-  ``review_just_below`` of the threshold; risk grows with its score and its signals;
+  ``review_just_below`` of the threshold; risk grows with its score and its signals. A plate
+  candidate on a stage-1 vehicle that already has a blurred plate is listed but not queued
+  (``on_plated_vehicle``): a car's badge, lamp or grille beside the plate that was found;
 * ``verify_reblurred`` (0.2): verification found something and blurred it again: fixed, so only
   listed when ``review_max_fraction`` asks for more.
 
@@ -18,6 +20,8 @@ lists every queued box but at most :data:`MAX_UNQUEUED_LISTED` others (the riski
 model can leave hundreds just below its threshold), with ``unlisted``: how many it left out.
 """
 from __future__ import annotations
+
+import numpy as np
 
 from beam_anon.boxes import Detections, covered_fraction
 
@@ -41,10 +45,27 @@ def unblurred(near: Detections, boxes: Detections) -> Detections:
     return near[covered_fraction(near.xyxy, boxes.xyxy).max(axis=1) < 0.5]
 
 
-def near_entries(near: Detections, settings) -> list[dict]:
+def centres_in(xyxy: np.ndarray, areas: np.ndarray) -> np.ndarray:
+    """(N,) True where the centre of a box of ``xyxy`` (N, 4) lies inside one of ``areas``."""
+    if not len(xyxy) or not len(areas):
+        return np.zeros(len(xyxy), bool)
+    c = (xyxy[:, None, :2] + xyxy[:, None, 2:]) / 2
+    return ((c >= areas[None, :, :2]) & (c < areas[None, :, 2:])).all(axis=2).any(axis=1)
+
+
+def plated_vehicles(vehicles: Detections, blurred: Detections) -> np.ndarray:
+    """(M, 4) the ``vehicles`` boxes that hold the centre of a blurred plate."""
+    plates = blurred.with_label("plate").xyxy
+    return np.array([v for v in vehicles.xyxy if centres_in(plates, v[None]).any()],
+                    np.float32).reshape(-1, 4)
+
+
+def near_entries(near: Detections, settings, plated: np.ndarray | None = None) -> list[dict]:
     """Box records of near-threshold detections with ``reason``, ``signals`` (distinct looks
-    that saw it), ``risk`` and ``queued`` (see the module doc)."""
+    that saw it), ``risk`` and ``queued`` (see the module doc); ``plated``: (M, 4) vehicle
+    boxes that already have a blurred plate."""
     out = []
+    on_plated = centres_in(near.xyxy, plated if plated is not None else np.zeros((0, 4)))
     for i, record in enumerate(near.to_records()):
         models = near.models(i) or [""]
         threshold = min(settings.threshold(m, record["label"]) for m in models)
@@ -53,8 +74,11 @@ def near_entries(near: Detections, settings) -> list[dict]:
         signals = max(1, len(near.sources[i]))
         queued = signals > 1 or below <= settings.review_just_below
         risk = min(0.8, 0.3 + 0.4 * closeness + 0.1 * min(signals - 1, 2))
+        extra = {}
+        if record["label"] == "plate" and on_plated[i]:
+            queued, extra = False, {"on_plated_vehicle": True}
         out.append(dict(record, reason=NEAR_THRESHOLD, signals=signals,
-                        risk=round(risk, 3), queued=queued))
+                        risk=round(risk, 3), queued=queued, **extra))
     return out
 
 
@@ -77,13 +101,14 @@ def _review(boxes: list[dict], risk: float, queued: bool, reasons: list[str],
 
 
 def entry(near: Detections, survived: Detections | None, fixed: Detections | None,
-          settings) -> dict | None:
-    """The manifest's ``review`` value for one image, or None when nothing needs a look."""
+          settings, plated: np.ndarray | None = None) -> dict | None:
+    """The manifest's ``review`` value for one image, or None when nothing needs a look
+    (``plated``: see :func:`near_entries`)."""
     boxes = [dict(r, reason=VERIFY_SURVIVED, risk=RISK[VERIFY_SURVIVED], queued=True)
              for r in (survived.to_records() if survived is not None else [])]
     boxes += [dict(r, reason=VERIFY_REBLURRED, risk=RISK[VERIFY_REBLURRED], queued=False)
               for r in (fixed.to_records() if fixed is not None else [])]
-    boxes += near_entries(near, settings)
+    boxes += near_entries(near, settings, plated)
     if not boxes:
         return None
     boxes.sort(key=lambda b: -b["risk"])

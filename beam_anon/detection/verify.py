@@ -128,10 +128,11 @@ def verify_blur(anonymizer, image: np.ndarray, boxes: Detections,
 
 
 def check(anonymizer, image: np.ndarray, boxes: Detections, near_misses: Detections,
-          timings: dict, cost: looks.Cost | None = None
-          ) -> tuple[np.ndarray, Detections, dict | None]:
+          timings: dict, cost: looks.Cost | None = None,
+          vehicles: Detections | None = None) -> tuple[np.ndarray, Detections, dict | None]:
     """What ``Anonymizer.run`` calls after blurring: the verification pass when
-    ``settings.verify`` (time in ``timings["verify"]``) and the review entry.
+    ``settings.verify`` (time in ``timings["verify"]``) and the review entry (``vehicles``:
+    stage 1's, for :func:`beam_anon.detection.review.plated_vehicles`).
     Returns ``(final image, final blurred boxes, review entry or None)``."""
     verified = None
     if anonymizer.settings.verify:
@@ -140,5 +141,8 @@ def check(anonymizer, image: np.ndarray, boxes: Detections, near_misses: Detecti
         image, boxes = verified.image, verified.boxes
         timings["verify"] = time.perf_counter() - t
     near = review.unblurred(near_misses, boxes)
+    plated = review.plated_vehicles(vehicles if vehicles is not None else Detections.empty(),
+                                    boxes)
     return image, boxes, review.entry(near, verified.survived if verified else None,
-                                      verified.fixed if verified else None, anonymizer.settings)
+                                      verified.fixed if verified else None, anonymizer.settings,
+                                      plated)

@@ -64,6 +64,8 @@ def test_plate_candidates_on_a_car_whose_plate_was_blurred_are_not_queued():
     blurred = dets([[40, 40, 60, 50]], [0.8], ["plate"])          # the first car's plate
     plated = review.plated_vehicles(cars, blurred)
     np.testing.assert_array_equal(plated, [[0, 0, 100, 60]])
+    weak = dets([[40, 40, 60, 50]], [0.3], ["plate"])     # maybe the badge: tells nothing
+    assert len(review.plated_vehicles(cars, weak)) == 0
     two = [{"m:full_frame", "m:vehicle"}] * 3
     near = dets([[10, 30, 30, 38],        # the first car's badge: listed, not queued
                  [240, 40, 260, 50],      # the second car, no plate found: queued

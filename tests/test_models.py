@@ -18,7 +18,8 @@ from beam_anon.detectors import Detector
 from tests.fakefs import flip_byte, mapped_filesystem
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
-FAMILIES = {"yolov8", "yolov8seg", "nanodet", "centerface", "yunet", "retinaplate", "retinaface"}
+FAMILIES = {"yolov8", "yolov8seg", "nanodet", "centerface", "yunet", "retinaplate", "retinaface",
+            "crop_check"}
 
 
 @pytest.fixture(scope="session")
@@ -51,12 +52,12 @@ def test_registry_well_formed():
             assert e["archive"].startswith(e["package"] + "-" + e["version"])
             assert e["dist"] in ("wheel", "sdist")
     for e in reg["models"]:
-        assert e["role"] in ("stage1", "face", "plate")
+        assert e["role"] in ("stage1", "face", "plate", "plate_check")
         assert e["family"] in FAMILIES and e["contract"]
         if e["role"] == "stage1":
             assert len(e["classes"]) == 80 and e["classes"][:3] == ["person", "bicycle", "car"]
-        else:
-            assert e["classes"] == [e["role"]]
+        else:   # a check model names the class it checks
+            assert e["classes"] == [e["role"].removesuffix("_check")]
     assert all(e["role"] == "sample" for e in reg["samples"])
     assert set(models.PERMISSIVE) == {e["name"] for e in reg["models"]
                                       if e["licence_class"] == "permissive"}

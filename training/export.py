@@ -70,19 +70,27 @@ REGISTRY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__
                         "registry.json")
 
 
-def record(onnx_bytes: bytes, command: str, commit: str, path: str = REGISTRY) -> None:
-    """Writes the sha256 of ``onnx_bytes``, ``command`` and ``commit`` into the ``beamplate``
-    entry of the registry (line edits, so the rest of the file stays as it is)."""
+def record(onnx_bytes: bytes, command: str, commit: str, path: str = REGISTRY,
+           name: str = "beamplate") -> None:
+    """Writes the sha256 of ``onnx_bytes``, ``command`` and ``commit`` into the registry entry
+    ``name`` (whose file is ``own/<name>.onnx``), editing only those lines of that entry so the
+    rest of the file stays as it is."""
     text = open(path, encoding="utf-8").read()
+    begin = text.index(f'"name": {json.dumps(name)}')
+    after = text.find('"name": ', begin + 1)
+    end = len(text) if after < 0 else after
+    entry = text[begin:end]
     digest = hashlib.sha256(onnx_bytes).hexdigest()
-    new, n = re.subn(r'("own/beamplate\.onnx": )"[0-9a-f]{64}"', rf'\1"{digest}"', text)
+    new, n = re.subn(rf'("own/{re.escape(name)}\.onnx": )"[0-9a-f]{{64}}"', rf'\1"{digest}"',
+                     entry)
     for key, value in (("command", command), ("commit", commit)):
         new, k = re.subn(rf'^(    "{key}": ).*?(,?)$', lambda m: m.group(1) + json.dumps(value)
                          + m.group(2), new, flags=re.M)
         n += k
     if n != 3:
-        raise RuntimeError(f"{path}: the beamplate entry's sha256/command/commit lines were not "
+        raise RuntimeError(f"{path}: the {name} entry's sha256/command/commit lines were not "
                            f"found exactly once each")
+    new = text[:begin] + new + text[end:]
     json.loads(new)
     with open(path, "w", encoding="utf-8") as f:
         f.write(new)

@@ -51,6 +51,13 @@ def select(xyxy: np.ndarray, scores: np.ndarray, plates: np.ndarray,
                           axis=1).astype(np.float32)
 
 
+def resize(image: np.ndarray, scale: float) -> np.ndarray:
+    """``image`` shrunk by ``scale`` (INTER_AREA), itself when ``scale`` is 1."""
+    h, w = image.shape[:2]
+    return image if scale == 1.0 else cv2.resize(
+        image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+
+
 def mine_image(predict, image: np.ndarray, plates: np.ndarray) -> np.ndarray:
     """(K <= PER_VIEW per view, 5) negatives of one BGR image over the :data:`LOOK_SIDES` views
     (``predict``: blob -> heatmap, scale, offset as the exported model returns them)."""
@@ -58,9 +65,7 @@ def mine_image(predict, image: np.ndarray, plates: np.ndarray) -> np.ndarray:
     found = []
     for side in LOOK_SIDES:
         scale = min(1.0, side / max(h, w))
-        view = image if scale == 1.0 else cv2.resize(
-            image, (max(1, round(w * scale)), max(1, round(h * scale))),
-            interpolation=cv2.INTER_AREA)
+        view = resize(image, scale)
         heat, size, offset = predict(blob(view))
         dets = CenterFace.decode(heat[0, 0], size[0], offset[0], view.shape[1], view.shape[0],
                                  MIN_SCORE, label="plate")

@@ -60,6 +60,8 @@ class Anonymizer:
                        for role, names in (("face", settings.face_models),
                                            ("plate", settings.plate_models)) for n in names]
         self.detectors = {n: detectors[n] for n in settings.model_names()}
+        self.plate_check = (detectors[settings.plate_check_model] if settings.plate_check_model
+                            else None)
 
     def models(self) -> list[dict]:
         """``[{name, variant, sha256, licence}]`` of every model this anonymizer uses (for the
@@ -112,7 +114,26 @@ class Anonymizer:
             found, unsure = found + [maybe[agreed]], [maybe[~agreed & ~refused]]
         if role == "face":
             found.append(plan.head_fallback(stage1, Detections.concat(found + unsure), s))
+        else:   # a second opinion on the unsure plates, blurred or in the review band
+            band = min((t for _, _, t, _ in models), default=1.0) - s.review_band
+            near = Detections.concat(unsure)
+            found, unsure = ([self._checked(image, part, cost)] for part in
+                             (Detections.concat(found), near[near.scores >= band]))
         return Detections.concat(found), Detections.concat(unsure)
+
+    def _checked(self, image: np.ndarray, plates: Detections, cost: looks.Cost) -> Detections:
+        """``plates`` less the boxes the plate check was asked about (``plan.check_asked``) and
+        scored under ``plate_check_threshold``: turned down, neither blurred nor queued for
+        review."""
+        asked = plan.check_asked(plates, self.settings)
+        if not asked.any():
+            return plates
+        t = time.perf_counter()
+        probs = self.plate_check.scores(image, plates.xyxy[asked])
+        cost.add(self.settings.plate_check_model, 0, time.perf_counter() - t)
+        refused = np.zeros(len(plates), bool)
+        refused[asked] = probs < self.settings.plate_check_threshold
+        return plates[~refused]
 
     def detect(self, image: np.ndarray) -> tuple[Detections, DebugInfo, dict[str, float],
                                                  looks.Cost]:

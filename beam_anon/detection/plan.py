@@ -23,7 +23,11 @@ For each image (all boxes xyxy pixels, sizes in pixels, scores 0-1), per role (f
 4. **Agreement**, models listed in ``agree_thresholds``: a box below its model's threshold
    but at least its entry there is accepted where another listed model found a box at the same
    place (:func:`agreement`).
-5. **Head fallback**, faces, when ``head_fallback``: a stage-1 person large enough that its face
+5. **Plate check**, when ``plate_check_model`` is set: plate boxes scoring under
+   ``plate_check_below`` whose short side is at least ``plate_check_min_side`` are shown to a
+   crop classifier (the box with context, :mod:`beam_anon.detectors.crop_check`); those it
+   scores under ``plate_check_threshold`` are not blurred (:func:`check_asked`).
+6. **Head fallback**, faces, when ``head_fallback``: a stage-1 person large enough that its face
    should have been found (expected face >= ``head_fallback_min_face``), with no face or
    candidate in its head area, gets that head area blurred.
 
@@ -247,6 +251,16 @@ def doubted(unsure: Detections, settings: Settings) -> np.ndarray:
         models = {src.partition(":")[0] for src in sources}
         out[i] = bool(sources) and looks <= {"zoom", "crowd"} and models <= zooming
     return out
+
+
+def check_asked(plates: Detections, settings: Settings) -> np.ndarray:
+    """(N,) True for the plate boxes the plate check is asked about: scoring under
+    ``plate_check_below``, short side at least ``plate_check_min_side`` pixels (a distant
+    plate has too few pixels for a second opinion; it keeps the detector's)."""
+    if not settings.plate_check_model or not len(plates):
+        return np.zeros(len(plates), bool)
+    return ((plates.scores < settings.plate_check_below)
+            & (plates.wh.min(axis=1) >= settings.plate_check_min_side))
 
 
 def crowd_looks(faces: Detections, width: int, height: int, settings: Settings) -> list[Crop]:

@@ -1,7 +1,8 @@
 """Detector contract: a loaded model that turns one BGR image into ``Detections``.
 
 Every family module in this package (``yolo``, ``nanodet``, ``centerface``, ``yunet``,
-``retina``: plates and RetinaFace; for the user's own detectors of ``--model_spec``: ``ssd``
+``retina``: plates and RetinaFace; ``crop_check``: crop classifiers that check another
+model's boxes; for the user's own detectors of ``--model_spec``: ``ssd``
 (ONNX) and ``tf_ssd`` (SavedModel, TFLite)) provides a class with the contract of
 :class:`beam_anon.detectors.base.Detector`, built from a registry entry (see
 ``beam_anon.models``; a spec's, see ``user_spec``) and a local weight path by
@@ -39,6 +40,8 @@ def build_detector(spec: dict, model_dir: str, variant: str = "original",
         from beam_anon.detectors.tf_ssd import TFLiteSSD as cls
     elif family == "retinaface":
         from beam_anon.detectors.retina import RetinaFace as cls
+    elif family == "crop_check":
+        from beam_anon.detectors.crop_check import CropCheck as cls
     else:
         raise ValueError(f"model {spec['name']!r}: unknown family {family!r}")
     det = cls(spec, model_dir, variant, device)

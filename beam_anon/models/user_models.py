@@ -25,7 +25,8 @@ from beam_anon.models.derived import sha256_file
 from beam_anon.detectors.user_spec import SpecError, parse
 
 STAGED = "user"
-ROLE_FIELDS = (("stage1", "stage1_model"), ("face", "face_models"), ("plate", "plate_models"))
+ROLE_FIELDS = (("stage1", "stage1_model"), ("face", "face_models"), ("plate", "plate_models"),
+               ("plate_check", "plate_check_model"))
 
 
 def _files_under(root: str) -> list[str]:

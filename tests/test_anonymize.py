@@ -52,7 +52,7 @@ def make(settings, sure_size=0):
                                                  np.array(["person", "car"], object))
     return Anonymizer(settings.replace(stage1_model="s1", face_models=("f",), plate_models=("p",),
                                        zoom_models=("f",), region_models=("f", "p"),
-                                       face_rotations=()),
+                                       face_rotations=(), plate_check_model=None),
                       dets), dets
 
 

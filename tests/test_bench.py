@@ -71,7 +71,7 @@ def test_model_times_cover_every_model_and_variant(tmp_path, sample_paths):
     image = cv2.resize(cv2.imread(sample_paths[0]), (320, 180))
     cv2.imwrite(str(tmp_path / "f.jpg"), image)
     rows = bench.model_times(str(tmp_path / "f.jpg"), 1)
-    want = {(n, v) for n in models.model_names() for v in runtime.variants(models.model_info(n))}
+    want = {(n, v) for n in models.detector_names() for v in runtime.variants(models.model_info(n))}
     assert ("nanodet-g-coco", "original") not in want   # its original is a TF.js graph
     assert {(r["model"], r["variant"]) for r in rows} == want
     assert all(r["ms"] > 0 and r["input_pixels"] > 0 for r in rows)

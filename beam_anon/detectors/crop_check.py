@@ -69,7 +69,8 @@ def crops(image: np.ndarray, xyxy: np.ndarray) -> np.ndarray:
 
 
 class CropCheck:
-    """A loaded crop classifier (registry family ``crop_check``): :meth:`scores` of boxes."""
+    """A loaded crop classifier (registry family ``crop_check``): :meth:`scores` of boxes of
+    the detectors named in :attr:`checks`."""
 
     name: str = ""
     role: str = ""
@@ -82,6 +83,9 @@ class CropCheck:
         io = spec.get("io", {})
         self.input_name = io.get("input", "crops")
         self.output = io.get("outputs", ["prob"])[0]
+        #: the detectors whose boxes it was trained on (registry ``checks``): it is asked
+        #: about their boxes only
+        self.checks = tuple(spec.get("checks", ()))
 
     def scores(self, image: np.ndarray, xyxy: np.ndarray) -> np.ndarray:
         """(N,) probability that each box (image pixels, xyxy) of the BGR ``image`` holds the

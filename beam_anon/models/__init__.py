@@ -94,6 +94,12 @@ def model_names() -> list[str]:
     return [e["name"] for e in registry()["models"]]
 
 
+def detector_names() -> list[str]:
+    """Names of the models that detect (stage 1, faces, plates), not those that check another
+    model's boxes (``plate_check``)."""
+    return [e["name"] for e in registry()["models"] if not e["role"].endswith("_check")]
+
+
 def sample_names() -> list[str]:
     return [e["name"] for e in registry()["samples"]]
 

@@ -180,7 +180,7 @@ def model_times(image_path: str, repeat: int, models_dir: str | None = None) -> 
 
     image = cv2.imread(image_path)
     rows = []
-    for name in models.model_names():
+    for name in models.detector_names():
         spec = models.model_info(name)
         root = models.ensure_model(name, models_dir)
         for variant in runtime.variants(spec):

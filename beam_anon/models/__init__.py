@@ -342,13 +342,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "list":
             models_dir = args.models_dir or default_models_dir()
             print(f"models dir: {models_dir}")
-            print(f"{'name':18} {'role':7} {'licence':10} {'fetched':7} "
+            print(f"{'name':18} {'role':11} {'licence':10} {'fetched':7} "
                   f"{'source':20} licence as stated")
             for name in model_names() + sample_names():
                 e = _entries()[name]
                 fetched = ("-" if e["role"] == "sample"
                            else "yes" if _is_fetched(name, models_dir) else "no")
-                print(f"{name:18} {e['role']:7} {e['licence_class']:10} {fetched:7} "
+                print(f"{name:18} {e['role']:11} {e['licence_class']:10} {fetched:7} "
                       f"{source_text(e):20} {e['licence']}")
             print("\nderived files (made by fetch from the files above; beam_anon.models.derived):")
             for name in model_names():

@@ -109,3 +109,14 @@ def test_check_model_tells_sample_plates_from_background(sample_paths):
     boxes = np.array([[10, 10, 90, 40], [w / 2 - 40, h / 2 - 10, w / 2 + 40, h / 2 + 10],
                       [w - 100, h - 40, w - 20, h - 10]])
     assert (check.scores(street, boxes) < 0.1).all()
+
+
+def test_option_turns_it_off_and_a_wrong_role_stops_the_run():
+    from beam_anon.models.user_models import check_start
+    from beam_anon.options import settings_from
+
+    assert settings_from({"plate_check_model": "none"}).plate_check_model is None
+    assert settings_from({}).plate_check_model == "beamplate-check"
+    assert settings_from({"preset": "fast"}).plate_check_model is None
+    with pytest.raises(models.ModelError, match="plate model, named in --plate_check_model"):
+        check_start(settings_from({"plate_check_model": "beamplate"}), None, load=False)

@@ -24,6 +24,22 @@ def write_set(folder, images: dict[str, tuple[int, int]], lines: list[dict]) -> 
     return str(folder)
 
 
+def toy_set(folder):
+    """``folder`` (a Path) filled with three noisy 128x96 images, each with one white "plate"
+    box at (40, 50, 80, 62), and their labels.jsonl."""
+    rng = np.random.default_rng(0)
+    os.makedirs(folder / "images")
+    lines = []
+    for i in range(3):
+        image = rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)
+        cv2.rectangle(image, (40, 50), (80, 62), (255, 255, 255), -1)
+        cv2.imwrite(str(folder / "images" / f"{i}.jpg"), image)
+        lines.append(line(f"{i}.jpg", 128, 96, [(40, 50, 80, 62)], dataset="x"))
+    with open(folder / "labels.jsonl", "w") as f:
+        f.write("".join(json.dumps(x) + "\n" for x in lines))
+    return folder
+
+
 def line(name, w, h, boxes, **extra):
     return {"image": f"images/{name}", "width": w, "height": h, "classes": ["plate"],
             "boxes": [{"label": "plate", "x0": b[0], "y0": b[1], "x1": b[2], "y1": b[3]}
@@ -242,17 +258,7 @@ def test_training_reproduces_with_mining_and_resume(tmp_path, monkeypatch):
     torch = pytest.importorskip("torch")
     from training import model, train
 
-    rng = np.random.default_rng(0)
-    folder = tmp_path / "d"
-    os.makedirs(folder / "images")
-    lines = []
-    for i in range(3):
-        image = rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)
-        cv2.rectangle(image, (40, 50), (80, 62), (255, 255, 255), -1)
-        cv2.imwrite(str(folder / "images" / f"{i}.jpg"), image)
-        lines.append(line(f"{i}.jpg", 128, 96, [(40, 50, 80, 62)], dataset="x"))
-    with open(folder / "labels.jsonl", "w") as f:
-        f.write("".join(json.dumps(x) + "\n" for x in lines))
+    folder = toy_set(tmp_path / "d")
     cache = tmp_path / "cache"
     os.makedirs(cache)
     torch.manual_seed(1)
@@ -312,17 +318,7 @@ def test_check_training_reproduces_and_exports(tmp_path, monkeypatch):
     torch = pytest.importorskip("torch")
     from training import check, check_data, export, model
 
-    rng = np.random.default_rng(0)
-    folder = tmp_path / "d"
-    os.makedirs(folder / "images")
-    lines = []
-    for i in range(3):
-        image = rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)
-        cv2.rectangle(image, (40, 50), (80, 62), (255, 255, 255), -1)
-        cv2.imwrite(str(folder / "images" / f"{i}.jpg"), image)
-        lines.append(line(f"{i}.jpg", 128, 96, [(40, 50, 80, 62)], dataset="x"))
-    with open(folder / "labels.jsonl", "w") as f:
-        f.write("".join(json.dumps(x) + "\n" for x in lines))
+    folder = toy_set(tmp_path / "d")
     torch.manual_seed(1)
     detector = tmp_path / "det.onnx"
     detector.write_bytes(export.to_onnx(model.PlateNet("mobilenetv2", 16)))

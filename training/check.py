@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import shlex
-import subprocess
 import sys
 import time
 
@@ -34,7 +33,7 @@ from torch import nn
 from beam_anon.detectors import crop_check
 from training import augment, check_data, data, export
 from training.model import conv_bn
-from training.train import SHARED, predictor
+from training.train import SHARED, predictor, restore
 
 THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.5)
 DETECTOR = os.path.join(os.path.dirname(export.REGISTRY), "own", "beamplate.onnx")
@@ -106,9 +105,8 @@ def evaluate(net: CheckNet, ex: dict, index: np.ndarray) -> dict:
     as the detector drew them: centred patches, no jitter)."""
     if not len(index):
         return {}
-    crops = np.stack([crop_check.cut(ex["patches"][i], crop_check.regions(ex["boxes"][i][None])[0],
-                                     crop_check.INPUT_W, crop_check.INPUT_H)[..., ::-1]
-                      .transpose(2, 0, 1).astype(np.float32) for i in index])
+    crops = np.concatenate([crop_check.crops(ex["patches"][i], ex["boxes"][i][None])
+                            for i in index])
     with torch.no_grad():
         probs = torch.sigmoid(net(torch.from_numpy(crops))).numpy().reshape(-1)
     y = ex["labels"][index]
@@ -198,11 +196,7 @@ def main(argv=None) -> int:
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=total, pct_start=0.1)
     start, last = 0, os.path.join(args.out, "last.pt")
     if args.resume and os.path.isfile(last):
-        ckpt = torch.load(last, map_location="cpu", weights_only=False)
-        net.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        start = ckpt["epoch"]
+        start = restore(last, net, opt, sched)["epoch"]
     for epoch in range(start, args.epochs):
         t0, loss_sum = time.time(), 0.0
         net.train()
@@ -229,17 +223,14 @@ def main(argv=None) -> int:
             return 0
     if args.export:
         onnx_bytes = to_onnx(net)
-        with open(args.onnx_out + ".part", "wb") as f:
-            f.write(onnx_bytes)
-        os.replace(args.onnx_out + ".part", args.onnx_out)
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=os.path.dirname(export.REGISTRY)).stdout.strip()
+        export.write_file(args.onnx_out, onnx_bytes)
         defaults = vars(parse_args([]))
         changed = [f"--{k}={v}" for k, v in vars(args).items()
                    if k not in ("out", "resume", "stop_after", "threads", "export", "onnx_out",
                                 "registry", "data") and v != defaults[k]]
         command = "nice -n 5 python -m training.check " + shlex.join([*changed, "--export"])
-        export.record(onnx_bytes, command, commit, args.registry, name="beamplate-check")
+        export.record(onnx_bytes, command, export.head_commit(), args.registry,
+                      name="beamplate-check")
         print(f"{args.onnx_out}: {len(onnx_bytes)} bytes, registry updated", flush=True)
     return 0
 

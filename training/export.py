@@ -96,6 +96,19 @@ def record(onnx_bytes: bytes, command: str, commit: str, path: str = REGISTRY,
         f.write(new)
 
 
+def write_file(path: str, data: bytes) -> None:
+    """``data`` written to ``path`` atomically (a ``.part`` file renamed)."""
+    with open(path + ".part", "wb") as f:
+        f.write(data)
+    os.replace(path + ".part", path)
+
+
+def head_commit() -> str:
+    """The repository's current commit (for the registry's lineage)."""
+    return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                          cwd=os.path.dirname(REGISTRY)).stdout.strip()
+
+
 def training_command(checkpoint: str) -> str:
     """The ``training.train`` command line that made ``checkpoint`` (from its saved args)."""
     import torch
@@ -121,13 +134,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     data = to_onnx(load_checkpoint(args.checkpoint))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out + ".part", "wb") as f:
-        f.write(data)
-    os.replace(args.out + ".part", args.out)
+    write_file(args.out, data)
     print(f"{args.out}: {len(data)} bytes")
     if args.registry:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=os.path.dirname(REGISTRY)).stdout.strip()
+        commit = head_commit()
         record(data, args.command or training_command(args.checkpoint), commit)
         print(f"{REGISTRY}: beamplate entry updated (commit {commit[:10]})")
     return 0

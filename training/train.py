@@ -160,6 +160,16 @@ def validation(onnx_model: bytes, threads: int, val_video, val_street) -> dict:
     return out
 
 
+def restore(path: str, net: torch.nn.Module, opt, sched) -> dict:
+    """The checkpoint at ``path``, its model, optimiser and scheduler states loaded into
+    ``net``, ``opt`` and ``sched`` (``--resume``)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    net.load_state_dict(ckpt["model"])
+    opt.load_state_dict(ckpt["optimizer"])
+    sched.load_state_dict(ckpt["scheduler"])
+    return ckpt
+
+
 def set_train_mode(net: PlateNet) -> None:
     """Train mode, except the backbone's BatchNorm layers (ImageNet statistics kept: batches
     of 16 crops are too small and too alike to re-estimate them)."""
@@ -193,10 +203,7 @@ def main(argv=None) -> int:
     start, log, negatives = 0, [], {}
     last = os.path.join(args.out, "last.pt")
     if args.resume and os.path.isfile(last):
-        ckpt = torch.load(last, map_location="cpu", weights_only=False)
-        net.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
+        ckpt = restore(last, net, opt, sched)
         start, log = ckpt["epoch"], ckpt["log"]
         negatives = ckpt.get("negatives", {})
         print(f"resumed after epoch {start}", flush=True)

@@ -261,8 +261,8 @@ def check_asked(plates: Detections, settings: Settings, checks=()) -> np.ndarray
     opinion; it keeps the detector's)."""
     if not settings.plate_check_model or not len(plates):
         return np.zeros(len(plates), bool)
-    trained_on = np.array([bool(plates.models(i)) and set(plates.models(i)) <= set(checks)
-                           for i in range(len(plates))], bool)
+    trained_on = np.array([bool(m) and set(m) <= set(checks)
+                           for m in map(plates.models, range(len(plates)))], bool)
     return (trained_on & (plates.scores < settings.plate_check_below)
             & (plates.wh.min(axis=1) >= settings.plate_check_min_side))
 

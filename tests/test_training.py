@@ -155,6 +155,66 @@ def test_crops_centre_on_hard_negatives_near_their_mining_scale():
     assert a == b
 
 
+@pytest.mark.parametrize("squeeze,turn", [(0.5, 0.0), (1.0, 12.0), (0.4, -15.0)])
+def test_oblique_crop_moves_boxes_with_the_pixels(squeeze, turn):
+    image = np.zeros((300, 400, 3), np.uint8)
+    cv2.rectangle(image, (150, 120), (229, 149), (255, 255, 255), -1)   # 80 x 30 "plate"
+    boxes = np.array([[150, 120, 230, 150]], np.float32)
+    out, moved = augment.crop(image, boxes, 1.0, 60.0, 40.0, 192, squeeze=squeeze, turn=turn)
+    ys, xs = np.nonzero(out[..., 0] > 127)
+    seen = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+    np.testing.assert_allclose(moved[0], seen, atol=2.0)
+    assert moved[0, 2] - moved[0, 0] < 80 * squeeze + 30 * abs(np.sin(np.radians(turn))) + 3
+
+
+def test_oblique_views_only_when_asked():
+    cfg = augment.CropConfig(size=128, oblique=1.0, squeeze=(0.4, 1.0), max_turn=10.0)
+    for seed in range(20):
+        squeeze, turn, shift = augment.oblique_view(np.random.default_rng(seed), cfg, 0.5)
+        assert 0.4 <= squeeze <= 1.0 and abs(turn) <= 10.0
+        assert 0.0 <= shift <= 256 / squeeze - 256     # the view's extra width, image pixels
+    rng, ref = np.random.default_rng(1), np.random.default_rng(1)
+    assert augment.oblique_view(rng, augment.CropConfig(), 0.5) == (1.0, 0.0, 0.0)
+    assert rng.random() == ref.random()                 # share 0 draws nothing
+
+
+def test_square_plates_are_oversampled_only_when_asked():
+    boxes = np.array([[0, 0, 40, 10], [0, 0, 30, 25], [0, 0, 12, 10]], np.float32)
+    assert list(augment.is_square(boxes)) == [False, True, True]
+    probs = np.array([0.5, 0.3, 0.2])
+    square_probs = np.array([0.0, 0.6, 0.4])      # image 0 has no square plate
+    asked = augment.CropConfig(square_share=1.0)
+    picks = [augment.pick(probs, square_probs, np.random.default_rng(i), asked) for i in range(50)]
+    assert all(square and i in (1, 2) for i, square in picks)
+    # share 0: one draw, the same as before the option existed
+    for seed in range(10):
+        a, b = np.random.default_rng(seed), np.random.default_rng(seed)
+        assert augment.pick(probs, square_probs, a, augment.CropConfig()) == (
+            int(b.choice(3, p=probs)), False)
+        assert a.random() == b.random()
+
+
+def test_square_crops_hold_a_square_plate(tmp_path):
+    torch = pytest.importorskip("torch")  # noqa: F841  (training.train imports it)
+    from training import train
+    lines = [line("wide.jpg", 320, 240, [(20, 20, 80, 35)], dataset="x"),
+             line("square.jpg", 320, 240, [(20, 20, 80, 35), (200, 150, 240, 185)],
+                  dataset="x")]
+    folder = write_set(tmp_path, {"wide.jpg": (320, 240), "square.jpg": (320, 240)}, lines)
+    samples = data.load(folder)
+    probs = train.source_probs(samples)
+    square_probs = train.square_weights(samples, probs)
+    assert square_probs[[s.path.endswith("wide.jpg") for s in samples]].sum() == 0
+    cfg = augment.CropConfig(size=128, square_share=1.0)
+    batch = train.make_batch(samples, probs, np.random.default_rng(0), cfg, 8,
+                             square_probs=square_probs)
+    peaks = batch["heat"].flatten(1).eq(1).sum(1)
+    assert (peaks >= 1).all()     # every crop centred on the square plate holds it
+    with pytest.raises(ValueError, match="square"):
+        train.square_weights(samples[:1] if samples[0].path.endswith("wide.jpg")
+                             else samples[1:], probs[:1])
+
+
 def test_mined_negatives_keep_clear_of_plates_and_doubt():
     plates = np.array([[100, 100, 200, 130]], np.float32)
     boxes = np.array([[210, 100, 300, 130],     # touches the plate grown by half its size

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import dataclasses
 import json
 import math
 import os
@@ -72,6 +73,10 @@ def parse_args(argv=None):
                    help="mine hard negatives before these epochs (0 = before the first)")
     p.add_argument("--negative_share", type=float, default=0.3,
                    help="share of crops centred on a mined negative, once mined")
+    p.add_argument("--square_share", type=float, default=0.0,
+                   help="share of crops centred on a square or two-row plate")
+    p.add_argument("--oblique", type=float, default=0.0,
+                   help="share of crops squeezed across and turned (plates seen at an angle)")
     p.add_argument("--stop_after", type=int, default=0,
                    help="stop after this epoch (same schedule; --resume continues later)")
     p.add_argument("--pretrained_cache",
@@ -113,16 +118,26 @@ def read_for_view(sample: data.Sample, scale: float) -> tuple[np.ndarray, float]
 
 def make_batch(samples: list[data.Sample], probs: np.ndarray, rng: np.random.Generator,
                cfg: augment.CropConfig, count: int,
-               negatives: dict[str, np.ndarray] | None = None) -> dict[str, torch.Tensor]:
+               negatives: dict[str, np.ndarray] | None = None,
+               square_probs: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+    """``count`` training crops by ``probs`` over ``samples`` (``square_probs``: the same over
+    the images with a square plate, for ``cfg.square_share``; :func:`square_weights`)."""
     size = cfg.size
     images, parts = [], []
+    around_square = dataclasses.replace(cfg, around_plate=1.0, around_negative=0.0)
     for _ in range(count):
-        s = samples[rng.choice(len(samples), p=probs)]
-        scale, x0, y0 = augment.choose_view(s.boxes, s.width, s.height, rng, cfg,
-                                            (negatives or {}).get(s.path))
+        i, square = augment.pick(probs, square_probs, rng, cfg)
+        s = samples[i]
+        if square:
+            scale, x0, y0 = augment.choose_view(s.boxes[augment.is_square(s.boxes)], s.width,
+                                                s.height, rng, around_square)
+        else:
+            scale, x0, y0 = augment.choose_view(s.boxes, s.width, s.height, rng, cfg,
+                                                (negatives or {}).get(s.path))
+        squeeze, turn, shift = augment.oblique_view(rng, cfg, scale)
         image, f = read_for_view(s, scale)
-        crop, boxes = augment.crop(image, s.boxes / f, scale * f, x0 / f, y0 / f, size,
-                                   cfg.min_box)
+        crop, boxes = augment.crop(image, s.boxes / f, scale * f, (x0 - shift) / f, y0 / f,
+                                   size, cfg.min_box, squeeze, turn)
         if rng.random() < 0.5:
             crop, boxes = augment.flip(crop, boxes)
         crop = augment.photometric(crop, rng)
@@ -131,6 +146,15 @@ def make_batch(samples: list[data.Sample], probs: np.ndarray, rng: np.random.Gen
     batch = {k: torch.from_numpy(np.stack([p[k] for p in parts])) for k in parts[0]}
     batch["image"] = torch.from_numpy(np.stack(images))
     return batch
+
+
+def square_weights(samples: list[data.Sample], probs: np.ndarray) -> np.ndarray:
+    """``probs`` kept for the images holding a square plate (:func:`augment.is_square`), zero
+    elsewhere, normalised."""
+    w = probs * np.array([bool(augment.is_square(s.boxes).any()) for s in samples])
+    if not w.sum():
+        raise ValueError("--square_share needs square plates in the training set; it has none")
+    return w / w.sum()
 
 
 def source_probs(samples: list[data.Sample]) -> np.ndarray:
@@ -188,6 +212,7 @@ def main(argv=None) -> int:
     val_street = (data.load(args.val_street)[::args.val_street_every] if args.val_street
                   else [])
     probs = source_probs(train_set)
+    square_probs = square_weights(train_set, probs) if args.square_share > 0 else None
     net = PlateNet(args.backbone, args.width)
     net.load_pretrained(pretrained_weights(args.backbone, args.pretrained_cache))
     if args.init:
@@ -219,16 +244,18 @@ def main(argv=None) -> int:
             print(f"mined {sum(len(v) for v in negatives.values())} hard negatives in "
                   f"{len(negatives)} images ({time.time() - t0:.0f} s)", flush=True)
         cfg = augment.CropConfig(size=args.crop, plate_sizes=tuple(args.plate_sizes),
-                                 around_negative=args.negative_share if negatives else 0.0)
+                                 around_negative=args.negative_share if negatives else 0.0,
+                                 square_share=args.square_share, oblique=args.oblique)
         set_train_mode(net)
         rngs = [np.random.default_rng((args.seed, epoch, step)) for step in range(args.steps)]
-        pending = pool.submit(make_batch, train_set, probs, rngs[0], cfg, args.batch, negatives)
+        pending = pool.submit(make_batch, train_set, probs, rngs[0], cfg, args.batch, negatives,
+                              square_probs)
         sums: dict[str, float] = {}
         for step in range(args.steps):
             batch = pending.result()
             if step + 1 < args.steps:
                 pending = pool.submit(make_batch, train_set, probs, rngs[step + 1], cfg,
-                                      args.batch, negatives)
+                                      args.batch, negatives, square_probs)
             parts = losses(net, batch)
             loss = sum(parts.values())
             opt.zero_grad()

@@ -345,9 +345,11 @@ def test_recipe_chains_its_stages():
     from training import recipe
 
     runs = recipe.stage_args("R", ["--threads", "4"])
-    assert [r[1] for r in runs] == ["R/base", "R/negatives"]
+    assert [r[1] for r in runs] == ["R/base", "R/negatives", "R/shapes"]
     assert "--init" not in runs[0] and runs[1][runs[1].index("--init") + 1] == "R/base/last.pt"
+    assert runs[2][runs[2].index("--init") + 1] == "R/negatives/last.pt"
     assert all(r[-2:] == ["--threads", "4"] for r in runs) and "--mine_at" in runs[1]
+    assert "--square_share" in runs[2] and "--oblique" in runs[2]
 
 
 def test_check_examples_follow_the_labels():

@@ -1,5 +1,5 @@
 """The shipped beamplate, start to end: ``nice -n 5 python -m training.recipe --export``
-(about 35 min on a 2-core CPU; ``--help``).
+(about 45 min on a 2-core CPU; ``--help``).
 
 Stages (each a :mod:`training.train` run in ``<out>/<stage>``, resumable; a finished stage is
 skipped), then the export of the last stage to ``models/own/beamplate.onnx`` with its sha256,
@@ -10,6 +10,9 @@ this command and the commit written into ``models/registry.json`` (``--export``)
    epochs 1 and 4 (:mod:`training.mining`): the plate-like texture (badges, lamps, signs,
    windows) the model as it stands boxes where no plate is. (A second such stage, and 20
    epochs from ImageNet with mining inside, measured worse: docs/model_beamplate.md.)
+3. ``shapes``: 4 epochs from ``negatives``, negatives mined again, a quarter of the crops
+   centred on square and two-row plates and 30 % of them seen as from the side (squeezed
+   across, turned): the plates the street photos still lost.
 """
 from __future__ import annotations
 
@@ -27,6 +30,8 @@ STAGES = [
     ("base", ["--epochs", "16"]),
     ("negatives", ["--epochs", "6", "--lr", "1e-3", "--init", "{prev}/last.pt",
                    "--mine_at", "0", "3", "--negative_share", "0.3"]),
+    ("shapes", ["--epochs", "4", "--lr", "1e-3", "--init", "{prev}/last.pt", "--mine_at", "0",
+                "--negative_share", "0.3", "--square_share", "0.25", "--oblique", "0.3"]),
 ]
 
 

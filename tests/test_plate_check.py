@@ -117,6 +117,8 @@ def test_option_turns_it_off_and_a_wrong_role_stops_the_run():
 
     assert settings_from({"plate_check_model": "none"}).plate_check_model is None
     assert settings_from({}).plate_check_model == "beamplate-check"
-    assert settings_from({"preset": "fast"}).plate_check_model is None
+    assert settings_from({"preset": "thorough"}).plate_check_model is None
+    fast = settings_from({"preset": "fast"})
+    assert fast.plate_check_model == "beamplate-check" and fast.plate_check_threshold == 0.01
     with pytest.raises(models.ModelError, match="plate model, named in --plate_check_model"):
         check_start(settings_from({"plate_check_model": "beamplate"}), None, load=False)

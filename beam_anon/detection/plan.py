@@ -330,17 +330,17 @@ def with_margins(found: Detections, settings: Settings) -> Detections:
 
 #: named settings; ``balanced`` is the default (the Settings defaults themselves)
 PRESETS: dict[str, dict] = {
-    # one face pass and one plate pass over the whole image, plus zooms where unsure; with no
-    # other plate look, beamplate's threshold is lower (0.12: street plates 0.878 vs 0.856 at
-    # 0.15, the recall fast had before the hard-negative weights, at the same blurred area)
+    # one face pass and one plate pass over the whole image, plus zooms where unsure, and the
+    # plate overview (300 px: close-up plates too large for the 0.75x look; street plates 0.969
+    # with it, 0.910 without, and one devset plate lost); with no other plate look, beamplate's
+    # threshold is lower (0.12). The plate check at 0.01 keeps every plate fast finds and blurs
+    # 1.5-2 points less (0.03 lost 1 street plate, 0.05 2)
     "fast": {"stage1_model": None, "face_models": ("centerface",), "zoom_models": ("centerface",),
              "zoom_thresholds": ("centerface=0.2",), "zoom_max_size": 24, "agree_thresholds": (),
              "face_rotations": (), "person_face_size": 0,
              "crowd_min_faces": 0, "plate_models": ("beamplate",), "plate_threshold": 0.12,
-             "plate_full_frame_scales": (0.75,), "overview_size": 0, "verify": False,
-             # the plate check cut fast's area from 13 to 9 % but lost a street plate even at
-             # threshold 0.01 (its one look leans on loose boxes): recall first
-             "plate_check_model": None},
+             "plate_full_frame_scales": (0.75,), "verify": False,
+             "plate_check_threshold": 0.01},
     # CenterFace looks (full frame, turned, persons' heads, zooms); RetinaFace-MobileNetV2
     # looks only where CenterFace was unsure (zooms, crowd) and their agreement admits boxes
     # below either's threshold (issue 17, docs/accuracy.md)

@@ -122,8 +122,9 @@ def crop(image: np.ndarray, boxes: np.ndarray, scale: float, x0: float, y0: floa
     the crop's centre), grey (114) outside the image; boxes (a turned box becomes the box
     around its corners) clipped to the crop and kept when their short side is still
     ``min_box`` pixels and at least half of them is inside."""
+    oblique = squeeze != 1.0 or turn != 0.0   # else the plain path, exactly as before
     matrix = np.array([[scale, 0.0, -x0 * scale], [0.0, scale, -y0 * scale]], np.float32)
-    if squeeze != 1.0 or turn:
+    if oblique:
         matrix = _turned(np.array([[scale * squeeze, 0.0, -x0 * scale * squeeze],
                                    [0.0, scale, -y0 * scale]]), turn, size)
     interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
@@ -131,7 +132,7 @@ def crop(image: np.ndarray, boxes: np.ndarray, scale: float, x0: float, y0: floa
                          borderMode=cv2.BORDER_CONSTANT, borderValue=(114, 114, 114))
     if not len(boxes):
         return out, np.zeros((0, 4), np.float32)
-    if squeeze != 1.0 or turn:
+    if oblique:
         moved = _box_through(np.asarray(boxes, np.float64), matrix).astype(np.float32)
     else:
         moved = (boxes - np.array([x0, y0, x0, y0], np.float32)) * scale

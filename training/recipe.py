@@ -60,8 +60,10 @@ def main(argv=None) -> int:
         if train.main(run + ["--resume"]):
             return 1
     if args.export:
+        # the run folder (--out) holds checkpoints, not anything the weights depend on: left
+        # out of the recorded command, as training.check does
         command = "nice -n 5 python -m training.recipe " + shlex.join(
-            ["--out", args.out, "--export", *(["--", *extra] if extra else [])])
+            ["--export", *(["--", *extra] if extra else [])])
         export.main(["--checkpoint", os.path.join(stage_args(args.out, extra)[-1][1],
                                                   "last.pt"),
                      "--out", os.path.join(os.path.dirname(export.REGISTRY), "own",

@@ -47,7 +47,8 @@ class AnonymizeOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        parser.add_argument("--input", help="glob of images, e.g. '/data/**.jpg' or "
+        parser.add_argument("--input", help="a directory (every file under it) or a glob "
+                            "of images, e.g. '/data/**.jpg' or "
                             "'gs://bucket/photos/**' ('**' crosses directories)")
         parser.add_argument("--output", help="output directory (local or gs://); receives the "
                             "anonymized images and manifest.jsonl")
@@ -90,6 +91,14 @@ def _local_abs(path: str | None) -> str | None:
     return os.path.abspath(os.path.expanduser(path))
 
 
+def input_glob(path: str | None) -> str | None:
+    """``--input`` as a glob: a directory (local, or any path ending in ``/``) means every
+    file under it, at any depth (``DIR/**``); anything else is the glob as given."""
+    if path and (path.endswith("/") or (_is_local(path) and os.path.isdir(path))):
+        return path.rstrip("/") + "/**"
+    return path
+
+
 def _check(opts: AnonymizeOptions) -> None:
     """Refuse what would silently do harm; raises SystemExit with a clear message."""
     if not opts.input or not opts.output:
@@ -99,6 +108,10 @@ def _check(opts: AnonymizeOptions) -> None:
     if out == glob_prefix(opts.input):
         raise SystemExit(f"--output {opts.output} is the input directory: the anonymized "
                          "images would overwrite the originals")
+    if "**" in opts.input and out.startswith(glob_prefix(opts.input)):
+        raise SystemExit(f"--output {opts.output} is inside the input directory, which "
+                         f"--input {opts.input} searches at every depth: a later run would "
+                         "read the anonymized images as input; choose an output outside it")
     if opts.debug_dir and (opts.debug_dir.rstrip("/") + "/").startswith(out):
         raise SystemExit("--debug_dir holds un-anonymized pixels and must not be inside --output")
     if _is_local(opts.input) and not FileSystems.match([opts.input])[0].metadata_list:
@@ -231,7 +244,7 @@ def main(argv: list[str] | None = None, anonymizer_factory=None):
             direct.direct_running_mode = "multi_processing"
     opts = options.view_as(AnonymizeOptions)
     _quiet_logs(options, opts.log_level)
-    opts.input, opts.output = _local_abs(opts.input), _local_abs(opts.output)
+    opts.input, opts.output = input_glob(_local_abs(opts.input)), _local_abs(opts.output)
     opts.debug_dir, opts.models_dir = _local_abs(opts.debug_dir), _local_abs(opts.models_dir)
     settings = _own_models(opts)
     _check(opts)

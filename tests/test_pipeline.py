@@ -221,6 +221,18 @@ def test_cli_refuses_bad_arguments(tree, tmp_path):
         _run(["--input", f"{tree}/*.jpg", "--output", str(tmp_path / "o"), "--blur_mode", "x"])
 
 
+def test_a_directory_input_means_every_file_under_it(tree, tmp_path):
+    assert cli.input_glob(str(tree)) == f"{tree}/**"
+    assert cli.input_glob("gs://bkt/photos/") == "gs://bkt/photos/**"
+    assert cli.input_glob(f"{tree}/*.jpg") == f"{tree}/*.jpg"
+    out = tmp_path / "out"
+    _run(["--input", str(tree), "--output", str(out)])
+    assert set(_manifest(out)) == {"a.jpg", "sub/b.png", "sub/deep/c.jpg", "sub/broken.jpg",
+                                   "notes.txt", "explodes.jpg"}
+    with pytest.raises(SystemExit, match="inside the input directory"):
+        _run(["--input", str(tree), "--output", str(tree / "anon")])
+
+
 def test_empty_match_is_an_error_in_the_transform(tmp_path):
     with pytest.raises(Exception, match="Empty match"):
         with beam.Pipeline("FnApiRunner") as p:

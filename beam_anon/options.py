@@ -56,6 +56,10 @@ SETTINGS_HELP = {
                      "look at the full frame only)",
     "overview_size": "plates: the whole image shrunk to this long side (pixels) is looked at "
                      "too, for close-up plates too large for the 1x look (0: off)",
+    "close_up_size": "plates: the whole image shrunk to this long side (pixels) is looked at "
+                     "too, for a plate that fills the photo (0: off)",
+    "close_up_threshold": "minimum plate score in the close-up look (a false box there covers "
+                          "much of the image)",
     "region_padding_fraction": "padding added to each stage-1 box, fraction of its size per side",
     "vehicle_crop_sizes": "comma-separated long sides (pixels) each stage-1 vehicle is resized "
                           "to for the plate models (empty: no vehicle looks)",

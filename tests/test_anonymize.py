@@ -58,7 +58,7 @@ def make(settings, sure_size=0):
 
 def test_boxes_map_back_exactly_through_person_and_vehicle_crops():
     anon, dets = make(Settings(full_frame=False, person_face_size=96, vehicle_crop_sizes=(300,),
-                               overview_size=0))
+                               overview_size=0, close_up_size=0))
     found, debug, _, cost = anon.detect(scene())
     faces, plates = found.with_label("face"), found.with_label("plate")
     np.testing.assert_allclose(faces.xyxy, [[240, 120, 260, 140]], atol=1.0)
@@ -70,7 +70,8 @@ def test_boxes_map_back_exactly_through_person_and_vehicle_crops():
 
 def test_full_frame_pass_finds_what_stage1_missed():
     anon, _ = make(Settings(full_frame=True, full_frame_max_side=512, full_frame_tile=512,
-                            person_face_size=0, vehicle_crop_sizes=(), overview_size=0))
+                            person_face_size=0, vehicle_crop_sizes=(), overview_size=0,
+                            close_up_size=0))
     anon.stage1 = None
     found, debug, _, _ = anon.detect(scene())
     plates = found.with_label("plate")

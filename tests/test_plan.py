@@ -71,6 +71,14 @@ def test_vehicle_looks_are_scaled_by_each_vehicles_size():
     assert plan.vehicle_looks(stage1, 1280, 720, s.replace(vehicle_crop_sizes=())) == []
 
 
+def test_close_up_look_shrinks_the_whole_image():
+    (crop,) = plan.close_up_look(1280, 720, Settings(close_up_size=160))
+    assert crop.xyxy == (0, 0, 1280, 720) and round(max(crop.size)) == 160
+    assert crop.source == "close_up"
+    assert plan.close_up_look(1280, 720, Settings(close_up_size=0)) == []
+    assert plan.close_up_look(120, 90, Settings(close_up_size=160)) == []  # not a shrink
+
+
 def test_person_looks_upscale_head_areas_of_small_persons_only():
     s = Settings(person_face_size=32, crop_max_upscale=4.0, stage1_threshold=0.3)
     stage1 = Detections(np.array([[100, 100, 120, 180], [400, 0, 800, 720]], np.float32),

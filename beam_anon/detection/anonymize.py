@@ -99,6 +99,11 @@ class Anonymizer:
             size = getattr(detector, "input_size", None)
             look(name, detector, plan.cheap_looks(role, name, stage1, width, height, s, size),
                  threshold)
+            if role == "plate" and name in s.region_models:  # below its threshold: nothing
+                crops = plan.close_up_look(width, height, s)
+                seen.extend(crops)
+                found.append(looks.run(detector, image, crops,
+                                       max(threshold, s.close_up_threshold), cost))
         candidates = Detections.concat(unsure)
         candidates = candidates[candidates.scores >= s.zoom_min_score]
         closer = plan.zoom_looks(candidates, width, height, s)

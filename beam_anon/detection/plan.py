@@ -8,6 +8,9 @@ For each image (all boxes xyxy pixels, sizes in pixels, scores 0-1), per role (f
      ``face_rotation_models``). The models in ``region_models`` also make these looks:
    * plates: the **overview**, the whole image shrunk to ``overview_size`` pixels (long side),
      where a close-up plate too large for the 1x look is plate-sized;
+   * plates: the **close-up** look, the whole image shrunk to ``close_up_size`` pixels, where
+     a plate filling the photo is plate-sized; its boxes need ``close_up_threshold``, since a
+     false one there covers much of the image (:func:`close_up_look`);
    * plates: every stage-1 **vehicle**, padded, resized so its long side is each of
      ``vehicle_crop_sizes`` pixels (at most ``crop_max_upscale``): a distant car's plate becomes
      large enough, a near car's is not blown up (the seed's idea, scaled per vehicle);
@@ -113,6 +116,14 @@ def overview_look(width: int, height: int, settings: Settings) -> list[Crop]:
     shrink or the setting is 0."""
     scale = settings.overview_size / max(width, height)
     return [Crop((0, 0, width, height), scale, "overview")] if 0 < scale < 1 else []
+
+
+def close_up_look(width: int, height: int, settings: Settings) -> list[Crop]:
+    """The whole image shrunk to ``close_up_size`` pixels (long side); none when that is not
+    a shrink or the setting is 0. Run apart from the cheap looks: its boxes need at least
+    ``close_up_threshold``, and those below are not queued for review either."""
+    scale = settings.close_up_size / max(width, height)
+    return [Crop((0, 0, width, height), scale, "close_up")] if 0 < scale < 1 else []
 
 
 def _stage1(stage1: Detections, classes, settings: Settings) -> Detections:

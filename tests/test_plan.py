@@ -79,6 +79,24 @@ def test_close_up_look_shrinks_the_whole_image():
     assert plan.close_up_look(120, 90, Settings(close_up_size=160)) == []  # not a shrink
 
 
+def test_plates_off_every_vehicle_need_the_higher_score():
+    stage1 = Detections(np.array([[100, 100, 300, 200], [600, 100, 700, 200]], np.float32),
+                        [0.9, 0.9], np.array(["car", "person"], object))
+    plates = dets([[180, 190, 220, 205],    # on the car's bumper, just below its box: grown
+                   [640, 150, 660, 158],    # on the person
+                   [900, 400, 940, 410],    # on nothing, sure
+                   [900, 500, 940, 510]],   # on nothing, unsure
+                  [0.2, 0.2, 0.5, 0.2], "plate")
+    s = Settings(stage1_model="nanodet-g-coco", stage1_threshold=0.25,
+                 plate_off_vehicle_threshold=0.3)
+    assert plan.off_vehicle(plates, stage1, 1000, 600, s).tolist() == [False, True, False, True]
+    assert not plan.off_vehicle(plates, stage1, 1000, 600, s.replace(stage1_model=None)).any()
+    assert not plan.off_vehicle(plates, stage1, 1000, 600,
+                                s.replace(plate_off_vehicle_threshold=0.0)).any()
+    assert plan.off_vehicle(plates, Detections.empty(), 1000, 600, s).tolist() == [
+        True, True, False, True]
+
+
 def test_person_looks_upscale_head_areas_of_small_persons_only():
     s = Settings(person_face_size=32, crop_max_upscale=4.0, stage1_threshold=0.3)
     stage1 = Detections(np.array([[100, 100, 120, 180], [400, 0, 800, 720]], np.float32),

@@ -119,9 +119,13 @@ class Anonymizer:
             found, unsure = found + [maybe[agreed]], [maybe[~agreed & ~refused]]
         if role == "face":
             found.append(plan.head_fallback(stage1, Detections.concat(found + unsure), s))
-        elif self.plate_check:   # a second opinion on the plates the detector was unsure of
-            found = [self._checked(image, Detections.concat(found), cost)]
-        return Detections.concat(found), Detections.concat(unsure)
+            return Detections.concat(found), Detections.concat(unsure)
+        plates = Detections.concat(found)   # off every vehicle: a higher score, or a near miss
+        away = plan.off_vehicle(plates, stage1, width, height, s)
+        plates, unsure = plates[~away], unsure + [plates[away]]
+        if self.plate_check:   # a second opinion on the plates the detector was unsure of
+            plates = self._checked(image, plates, cost)
+        return plates, Detections.concat(unsure)
 
     def _checked(self, image: np.ndarray, plates: Detections, cost: looks.Cost) -> Detections:
         """``plates`` less the boxes the plate check was asked about (``plan.check_asked``) and

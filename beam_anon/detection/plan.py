@@ -26,12 +26,17 @@ For each image (all boxes xyxy pixels, sizes in pixels, scores 0-1), per role (f
 4. **Agreement**, models listed in ``agree_thresholds``: a box below its model's threshold
    but at least its entry there is accepted where another listed model found a box at the same
    place (:func:`agreement`).
-5. **Plate check**, when ``plate_check_model`` is set: plate boxes of the models it was
+5. **Off a vehicle**, plates, when stage 1 ran and ``plate_off_vehicle_threshold`` is set (off
+   by default): a plate box whose centre lies on no stage-1 vehicle (grown by
+   :data:`VEHICLE_GROWTH` of its size) needs that score, or it is a near miss
+   (:func:`off_vehicle`): plates are on vehicles, and crowds, shop fronts and signs hold most of
+   the false plate boxes; a distant plate whose vehicle stage 1 missed still passes if sure.
+6. **Plate check**, when ``plate_check_model`` is set: plate boxes of the models it was
    trained on (its registry entry's ``checks``) scoring under
    ``plate_check_below`` whose short side is at least ``plate_check_min_side`` are shown to a
    crop classifier (the box with context, :mod:`beam_anon.detectors.crop_check`); those it
    scores under ``plate_check_threshold`` are not blurred (:func:`check_asked`).
-6. **Head fallback**, faces, when ``head_fallback``: a stage-1 person large enough that its face
+7. **Head fallback**, faces, when ``head_fallback``: a stage-1 person large enough that its face
    should have been found (expected face >= ``head_fallback_min_face``), with no face or
    candidate in its head area, gets that head area blurred.
 
@@ -263,6 +268,25 @@ def doubted(unsure: Detections, settings: Settings) -> np.ndarray:
         models = {src.partition(":")[0] for src in sources}
         out[i] = bool(sources) and looks <= {"zoom", "crowd"} and models <= zooming
     return out
+
+
+#: stage-1 vehicle boxes are grown by this fraction of their size per side before asking
+#: whether a plate lies on one (a plate's box may stick out of a tight vehicle box)
+VEHICLE_GROWTH = 0.1
+
+
+def off_vehicle(plates: Detections, stage1: Detections, width: int, height: int,
+                settings: Settings) -> np.ndarray:
+    """(N,) True for the ``plates`` scoring under ``plate_off_vehicle_threshold`` whose centre
+    lies on no stage-1 vehicle box (at ``stage1_threshold``, grown by :data:`VEHICLE_GROWTH`);
+    all False when the setting is 0 or no stage-1 model is set."""
+    out = np.zeros(len(plates), bool)
+    if not settings.plate_off_vehicle_threshold or not settings.stage1_model or not len(plates):
+        return out
+    vehicles = clip(expand(_stage1(stage1, VEHICLES, settings), VEHICLE_GROWTH), width, height)
+    on = (centres_inside(plates.xyxy, vehicles.xyxy).any(axis=1) if len(vehicles)
+          else np.zeros(len(plates), bool))
+    return ~on & (plates.scores < settings.plate_off_vehicle_threshold)
 
 
 def check_asked(plates: Detections, settings: Settings, checks=()) -> np.ndarray:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -44,6 +46,21 @@ def line(name, w, h, boxes, **extra):
     return {"image": f"images/{name}", "width": w, "height": h, "classes": ["plate"],
             "boxes": [{"label": "plate", "x0": b[0], "y0": b[1], "x1": b[2], "y1": b[3]}
                       for b in boxes], **extra}
+
+
+def test_training_fixes_the_cpu_kernels():
+    """oneDNN's instruction set decides the last bits of every convolution (docs/model_beamplate.md):
+    importing ``training`` pins it to the shipped weights' unless the user set it."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_MAX_CPU_ISA"}
+    code = "import os, training; print(os.environ['ONEDNN_MAX_CPU_ISA'], training.CPU_KERNELS)"
+
+    def pinned(extra):
+        return subprocess.run([sys.executable, "-c", code], env={**env, **extra}, cwd=root,
+                              capture_output=True, text=True, check=True).stdout.split()
+
+    assert pinned({}) == ["AVX512_CORE", "AVX512_CORE"]
+    assert pinned({"ONEDNN_MAX_CPU_ISA": "AVX2"}) == ["AVX2", "AVX2"]
 
 
 def test_load_and_split(tmp_path):
@@ -406,6 +423,8 @@ def test_check_training_reproduces_and_exports(tmp_path, monkeypatch):
                  if e["name"] == "beamplate-check")
     assert entry["files"]["own/beamplate-check.onnx"] == hashlib.sha256(
         onnx_out.read_bytes()).hexdigest()
+    import training
+    assert entry["lineage"]["cpu_kernels"].startswith(f"oneDNN {training.CPU_KERNELS} ")
     probs = ort.InferenceSession(str(onnx_out), providers=["CPUExecutionProvider"]).run(
         ["prob"], {"crops": np.zeros((3, 3, 48, 96), np.float32)})[0]
     assert probs.shape == (3, 1) and ((probs >= 0) & (probs <= 1)).all()

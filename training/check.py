@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import training
 from beam_anon.detectors import crop_check
 from training import augment, check_data, data, export
 from training.model import conv_bn
@@ -182,6 +183,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    print(training.kernel_note(), flush=True)
     os.makedirs(args.out, exist_ok=True)
     train_set, val_set = data.training_set(args.data)
     ex, train_idx, val_idx = load_examples(args, train_set, val_set)

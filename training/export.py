@@ -22,6 +22,7 @@ import sys
 import numpy as np
 import torch
 
+import training
 from training.model import Exported, PlateNet
 
 INPUT = "image"
@@ -72,9 +73,10 @@ REGISTRY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 
 def record(onnx_bytes: bytes, command: str, commit: str, path: str = REGISTRY,
            name: str = "beamplate") -> None:
-    """Writes the sha256 of ``onnx_bytes``, ``command`` and ``commit`` into the registry entry
-    ``name`` (whose file is ``own/<name>.onnx``), editing only those lines of that entry so the
-    rest of the file stays as it is."""
+    """Writes the sha256 of ``onnx_bytes``, ``command``, ``commit`` and the oneDNN kernels the
+    run was capped at (``training.CPU_KERNELS``) into the registry entry ``name`` (whose file is
+    ``own/<name>.onnx``), editing only those lines of that entry so the rest of the file stays
+    as it is."""
     text = open(path, encoding="utf-8").read()
     begin = text.index(f'"name": {json.dumps(name)}')
     after = text.find('"name": ', begin + 1)
@@ -83,13 +85,15 @@ def record(onnx_bytes: bytes, command: str, commit: str, path: str = REGISTRY,
     digest = hashlib.sha256(onnx_bytes).hexdigest()
     new, n = re.subn(rf'("own/{re.escape(name)}\.onnx": )"[0-9a-f]{{64}}"', rf'\1"{digest}"',
                      entry)
-    for key, value in (("command", command), ("commit", commit)):
+    kernels = (f"oneDNN {training.CPU_KERNELS} (ONEDNN_MAX_CPU_ISA, set by the training package: "
+               "training.SHIPPED_KERNELS); other kernels give other weights")
+    for key, value in (("command", command), ("commit", commit), ("cpu_kernels", kernels)):
         new, k = re.subn(rf'^(    "{key}": ).*?(,?)$', lambda m: m.group(1) + json.dumps(value)
                          + m.group(2), new, flags=re.M)
         n += k
-    if n != 3:
-        raise RuntimeError(f"{path}: the {name} entry's sha256/command/commit lines were not "
-                           f"found exactly once each")
+    if n != 4:
+        raise RuntimeError(f"{path}: the {name} entry's sha256/command/commit/cpu_kernels lines "
+                           f"were not found exactly once each")
     new = text[:begin] + new + text[end:]
     json.loads(new)
     with open(path, "w", encoding="utf-8") as f:

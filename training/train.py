@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import training
 from training import augment, data, mining, targets, validate
 from training.export import INPUT, OUTPUTS, to_onnx
 from training.model import PRETRAINED, PlateNet, pretrained_weights
@@ -207,6 +208,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    print(training.kernel_note(), flush=True)
     os.makedirs(args.out, exist_ok=True)
     train_set, val_video = data.training_set(args.data)
     val_street = (data.load(args.val_street)[::args.val_street_every] if args.val_street
@@ -280,7 +282,7 @@ def main(argv=None) -> int:
                  "lr": sched.get_last_lr()[0], "train_s": round(train_s),
                  "wall_s": round(time.time() - t0),
                  "cpu_s": round(c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime),
-                 "val": val}
+                 "cpu_kernels": training.CPU_KERNELS, "val": val}
         log.append(entry)
         print(json.dumps(entry), flush=True)
         with open(os.path.join(args.out, "log.jsonl"), "a") as f:

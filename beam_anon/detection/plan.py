@@ -398,10 +398,10 @@ PRESETS: dict[str, dict] = {
 #: each preset's measured devset recall and cost (docs/accuracy.md, docs/performance.md), for --help
 PRESET_MEASURED: dict[str, str] = {
     "fast": "devset faces 0.933 (under 16 px 0.918), plates 1.000, street plates 0.969 (under "
-            "16 px 0.962), 4.3 false boxes/image, 19-22 percent of the image blurred; 0.7x deface's "
+            "16 px 0.962), 4.3 false boxes/image, 20-23 percent of the image blurred; 0.7x deface's "
             "images/s on dashcam frames",
-    "balanced": "devset faces 0.947 (0.922), plates 1.000, street plates 0.991 (under 16 px "
-                "0.987), 4.8 false boxes/image, 15-18 percent of the image blurred; 0.4x deface's "
+    "balanced": "devset faces 0.947 (0.922), plates 1.000, street plates 0.996 (under 16 px "
+                "0.987), 4.8 false boxes/image, 15-19 percent of the image blurred; 0.4x deface's "
                 "images/s on dashcam frames",
     "thorough": "devset faces 0.966 (0.959), plates 1.000, street plates 0.996, 11.5 false "
                 "boxes/image, 28-30 percent blurred; about 2 s per image",

@@ -403,8 +403,8 @@ PRESET_MEASURED: dict[str, str] = {
     "balanced": "devset faces 0.947 (0.922), plates 1.000, street plates 0.996 (under 16 px "
                 "0.987), 4.8 false boxes/image, 15-19 percent of the image blurred; 0.4x deface's "
                 "images/s on dashcam frames",
-    "thorough": "devset faces 0.966 (0.959), plates 1.000, street plates 0.996, 11.5 false "
-                "boxes/image, 28-30 percent blurred; about 2 s per image",
+    "thorough": "devset faces 0.966 (0.959), plates 1.000, street plates 1.000, 11.5 false "
+                "boxes/image, 28-31 percent blurred; about 2 s per image",
 }
 
 

@@ -116,19 +116,23 @@ def stage1_looks(width: int, height: int, settings: Settings,
     return looks + tiles
 
 
+def _shrunk_whole(width: int, height: int, size: int, source: str) -> list[Crop]:
+    """The whole image shrunk to ``size`` pixels (long side); none when that is not a shrink
+    or ``size`` is 0."""
+    scale = size / max(width, height)
+    return [Crop((0, 0, width, height), scale, source)] if 0 < scale < 1 else []
+
+
 def overview_look(width: int, height: int, settings: Settings) -> list[Crop]:
-    """The whole image shrunk to ``overview_size`` pixels (long side); none when that is not a
-    shrink or the setting is 0."""
-    scale = settings.overview_size / max(width, height)
-    return [Crop((0, 0, width, height), scale, "overview")] if 0 < scale < 1 else []
+    """The whole image shrunk to ``overview_size`` pixels (long side), if that shrinks it."""
+    return _shrunk_whole(width, height, settings.overview_size, "overview")
 
 
 def close_up_look(width: int, height: int, settings: Settings) -> list[Crop]:
-    """The whole image shrunk to ``close_up_size`` pixels (long side); none when that is not
-    a shrink or the setting is 0. Run apart from the cheap looks: its boxes need at least
-    ``close_up_threshold``, and those below are not queued for review either."""
-    scale = settings.close_up_size / max(width, height)
-    return [Crop((0, 0, width, height), scale, "close_up")] if 0 < scale < 1 else []
+    """The whole image shrunk to ``close_up_size`` pixels (long side), if that shrinks it. Run
+    apart from the cheap looks: its boxes need at least ``close_up_threshold``, and those below
+    are not queued for review either."""
+    return _shrunk_whole(width, height, settings.close_up_size, "close_up")
 
 
 def _stage1(stage1: Detections, classes, settings: Settings) -> Detections:
@@ -284,8 +288,7 @@ def off_vehicle(plates: Detections, stage1: Detections, width: int, height: int,
     if not settings.plate_off_vehicle_threshold or not settings.stage1_model or not len(plates):
         return out
     vehicles = clip(expand(_stage1(stage1, VEHICLES, settings), VEHICLE_GROWTH), width, height)
-    on = (centres_inside(plates.xyxy, vehicles.xyxy).any(axis=1) if len(vehicles)
-          else np.zeros(len(plates), bool))
+    on = centres_inside(plates.xyxy, vehicles.xyxy).any(axis=1)   # (N, 0) with no vehicle
     return ~on & (plates.scores < settings.plate_off_vehicle_threshold)
 
 

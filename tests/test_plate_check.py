@@ -111,6 +111,38 @@ def test_check_model_tells_sample_plates_from_background(sample_paths):
     assert (check.scores(street, boxes) < 0.1).all()
 
 
+def test_int8_check_scores_as_the_float_one(sample_paths):
+    """The INT8 file (derived at fetch, calibrated on crops tiling the sample photos) gives
+    the float file's probabilities within 0.03 on the sample plates and on background boxes,
+    so it turns down the same boxes at the presets' thresholds (0.01-0.05)."""
+    import cv2
+    from tests.test_detectors import PLATES
+
+    float_check = models.get_detector("beamplate-check", precision="float")
+    int8_check = models.get_detector("beamplate-check", precision="int8")
+    assert (float_check.variant, int8_check.variant) == ("original", "int8")
+    for path in sample_paths:
+        image = cv2.imread(path)
+        h, w = image.shape[:2]
+        boxes = crop_check.calibration_boxes(w, h)[::7]
+        if os.path.basename(path).startswith("alpr-test"):
+            boxes = np.concatenate([boxes, PLATES])
+        want, got = float_check.scores(image, boxes), int8_check.scores(image, boxes)
+        assert len(boxes) and np.abs(want - got).max() < 0.03, path
+
+
+def test_calibration_boxes_tile_the_image():
+    boxes = crop_check.calibration_boxes(640, 360)
+    sizes = {(int(x1 - x0), int(y1 - y0)) for x0, y0, x1, y1 in boxes}
+    assert sizes == set(crop_check.CALIBRATION_BOXES)
+    assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= 640).all() and (boxes[:, 3] <= 360).all()
+    assert all(sum(1 for b in boxes if (int(b[2] - b[0]), int(b[3] - b[1])) == size)
+               <= crop_check.CALIBRATION_PER_SIZE for size in sizes)
+    small = crop_check.calibration_boxes(30, 30)       # only 16 x 6 boxes fit: 5 rows of them
+    assert len(small) == 5 and (small[:, 2:] - small[:, :2] == (16, 6)).all()
+    assert crop_check.calibration_boxes(10, 4).shape == (0, 4)
+
+
 def test_option_turns_it_off_and_a_wrong_role_stops_the_run():
     from beam_anon.models.user_models import check_start
     from beam_anon.options import settings_from

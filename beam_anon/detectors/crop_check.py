@@ -68,6 +68,29 @@ def crops(image: np.ndarray, xyxy: np.ndarray) -> np.ndarray:
     return out
 
 
+#: (width, height) in pixels of the boxes :func:`calibration_boxes` tiles an image with: wide,
+#: square and tall plates from distant to near
+CALIBRATION_BOXES = ((16, 6), (32, 10), (48, 24), (64, 16), (40, 40), (24, 48), (120, 40),
+                     (200, 100))
+CALIBRATION_PER_SIZE = 24
+
+
+def calibration_boxes(width: int, height: int) -> np.ndarray:
+    """(N, 4) xyxy boxes of every :data:`CALIBRATION_BOXES` size, up to
+    :data:`CALIBRATION_PER_SIZE` each, spread evenly over a ``width`` x ``height`` image."""
+    out = []
+    for bw, bh in CALIBRATION_BOXES:
+        if bw > width or bh > height:
+            continue
+        xs = np.arange(0, width - bw + 1, bw)
+        ys = np.arange(0, height - bh + 1, bh)
+        grid = np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2).astype(np.float32)
+        pick = np.linspace(0, len(grid) - 1, min(CALIBRATION_PER_SIZE, len(grid))).round()
+        xy = grid[pick.astype(int)]
+        out.append(np.concatenate([xy, xy + (bw, bh)], axis=1))
+    return np.concatenate(out) if out else np.zeros((0, 4), np.float32)
+
+
 class CropCheck:
     """A loaded crop classifier (registry family ``crop_check``): :meth:`scores` of boxes of
     the detectors named in :attr:`checks`."""
@@ -86,6 +109,14 @@ class CropCheck:
         #: the detectors whose boxes it was trained on (registry ``checks``): it is asked
         #: about their boxes only
         self.checks = tuple(spec.get("checks", ()))
+
+    def calibration_feeds(self, image: np.ndarray) -> list[dict]:
+        """Input dicts of :data:`BATCH` crops each for INT8 calibration
+        (``beam_anon.models.derived``): boxes tiling ``image`` at :data:`CALIBRATION_BOXES`
+        sizes, as :meth:`scores` cuts them."""
+        boxes = calibration_boxes(image.shape[1], image.shape[0])
+        return [{self.input_name: crops(image, boxes[i:i + BATCH])}
+                for i in range(0, len(boxes), BATCH)]
 
     def scores(self, image: np.ndarray, xyxy: np.ndarray) -> np.ndarray:
         """(N,) probability that each box (image pixels, xyxy) of the BGR ``image`` holds the

@@ -33,7 +33,7 @@ OPSET = 17
 def load_checkpoint(path: str) -> PlateNet:
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     args = ckpt["args"]
-    net = PlateNet(args["backbone"], args["width"])
+    net = PlateNet(args["backbone"], args["width"], args.get("front", "imagenet"))
     net.load_state_dict(ckpt["model"])
     return net.eval()
 
@@ -121,7 +121,8 @@ def training_command(checkpoint: str) -> str:
     opts = " ".join(f"--{k} {' '.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
                     for k, v in sorted(args.items())
                     if k not in ("resume", "stop_after", "threads", "pretrained_cache", "data",
-                                 "val_street") and v not in ("", [], ()))
+                                 "val_street") and v not in ("", [], ())
+                    and not (k == "front" and v == "imagenet"))
     return f"nice -n 5 python -m training.train {opts}"
 
 

@@ -5,6 +5,11 @@ stride 4, and a CenterNet head (heatmap, log-size, offset) in CenterFace's outpu
 Input: RGB float 0-255 NCHW (normalisation is the first layer, so the exported graph takes what
 ``beam_anon.detectors.centerface`` feeds it). Sides must be multiples of 16 (the decoder pads to
 32). :class:`Exported` adds the heatmap's sigmoid for export.
+
+``front="lean"`` (EfficientNet-Lite0 only): the stem and the first two blocks, which run at
+stride 2 and cost 40 % of a 1280x736 pass, are replaced by :class:`LeanFront`, which goes to
+stride 4 at once and takes the raw 0-255 image (no normalisation layer); it is taught to give
+what they gave (:mod:`training.distill`).
 """
 from __future__ import annotations
 
@@ -120,29 +125,65 @@ class LiteBlock(nn.Module):
         return x + y if self.residual else y
 
 
+class LeanFront(nn.Module):
+    """Raw RGB 0-255 (N,3,H,W) -> (N,24,H/4,W/4), in place of EfficientNet-Lite0's stem and
+    blocks 0-1: a 5x5 stride-4 convolution (centred on the same pixels as theirs), a depthwise
+    3x3, and a pointwise expansion and projection. Nothing runs at stride 2."""
+
+    def __init__(self, width: int = 32, expand: int = 64, out: int = 24):
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Conv2d(3, width, 5, 4, 2, bias=False), nn.BatchNorm2d(width),
+            nn.ReLU6(inplace=True), conv_bn(width, width, 3, groups=width),
+            conv_bn(width, expand), conv_bn(expand, out, act=False))
+
+    def forward(self, rgb):
+        return self.layers(rgb)
+
+
 class EfficientNetLite0(nn.Module):
-    """EfficientNet-Lite0 blocks 0-10: taps at strides 4, 8, 16 (24, 40, 112 ch)."""
+    """EfficientNet-Lite0 blocks 0-10: taps at strides 4, 8, 16 (24, 40, 112 ch). ``lean``:
+    :class:`LeanFront` in place of the stem and blocks 0-1 (kept as empty slots, so the block
+    numbers and parameter names stay); it takes the raw image."""
 
     channels = (24, 40, 112)
     taps = (2, 4, 10)
+    LEAN_REPLACES = 2   # blocks before this one are replaced by the lean front
 
-    def __init__(self):
+    def __init__(self, lean: bool = False):
         super().__init__()
-        self._conv_stem = nn.Conv2d(3, 32, 3, 2, 1, bias=False)
-        self._bn0 = nn.BatchNorm2d(32, eps=1e-3)
+        self.lean = lean
+        if lean:
+            self.front = LeanFront()
+        else:
+            self._conv_stem = nn.Conv2d(3, 32, 3, 2, 1, bias=False)
+            self._bn0 = nn.BatchNorm2d(32, eps=1e-3)
         blocks, cin = [], 32
         for k, s, e, c, n in [(3, 1, 1, 16, 1), (3, 2, 6, 24, 2), (5, 2, 6, 40, 2),
                               (3, 2, 6, 80, 3), (5, 1, 6, 112, 3)]:
             for i in range(n):
-                blocks.append(LiteBlock(cin, c, k, s if i == 0 else 1, e))
+                index = len(blocks)
+                blocks.append(nn.Identity() if lean and index < self.LEAN_REPLACES
+                              else LiteBlock(cin, c, k, s if i == 0 else 1, e))
                 cin = c
         self._blocks = nn.ModuleList(blocks)
         self.act = nn.ReLU6(inplace=True)
 
-    def forward(self, x):
+    def stem(self, x):
+        """What block ``LEAN_REPLACES`` takes: (N,24,H/4,W/4) from the backbone's input."""
+        if self.lean:
+            return self.front(x)
         x = self.act(self._bn0(self._conv_stem(x)))
+        for block in self._blocks[:self.LEAN_REPLACES]:
+            x = block(x)
+        return x
+
+    def forward(self, x):
+        x = self.stem(x)
         out = []
         for i, block in enumerate(self._blocks):
+            if i < self.LEAN_REPLACES:
+                continue
             x = block(x)
             if i in self.taps:
                 out.append(x)
@@ -150,6 +191,8 @@ class EfficientNetLite0(nn.Module):
 
 
 BACKBONES = {"mobilenetv2": MobileNetV2, "efficientnet_lite0": EfficientNetLite0}
+#: what reaches stride 4: the backbone's own ImageNet layers, or the lean front
+FRONTS = ("imagenet", "lean")
 
 
 def sep_conv(c: int) -> nn.Sequential:
@@ -161,10 +204,13 @@ class PlateNet(nn.Module):
     """Backbone -> top-down pyramid (``width`` channels) -> stride-4 heads. ``forward`` returns
     (heatmap logits (N,1,h,w), log-size h,w (N,2,h,w), offset y,x (N,2,h,w))."""
 
-    def __init__(self, backbone: str = "mobilenetv2", width: int = 64):
+    def __init__(self, backbone: str = "mobilenetv2", width: int = 64, front: str = "imagenet"):
         super().__init__()
+        if front not in FRONTS or (front == "lean" and backbone != "efficientnet_lite0"):
+            raise ValueError(f"front {front!r} does not fit backbone {backbone!r}")
         self.backbone_name = backbone
-        self.backbone = BACKBONES[backbone]()
+        self.lean = front == "lean"
+        self.backbone = BACKBONES[backbone](**({"lean": True} if self.lean else {}))
         self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1) * 255)
         self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1) * 255)
         c4, c8, c16 = self.backbone.channels
@@ -181,16 +227,21 @@ class PlateNet(nn.Module):
 
     def load_pretrained(self, path: str) -> None:
         """Loads an ImageNet state dict into the backbone; every backbone parameter must be
-        in it (the classifier's extra keys are ignored)."""
+        in it (the classifier's extra keys are ignored), but the lean front's."""
         state = torch.load(path, map_location="cpu", weights_only=True)
-        mine = self.backbone.state_dict()
+        mine = {k: v for k, v in self.backbone.state_dict().items()
+                if not k.startswith("front.")}
         missing = [k for k in mine if k not in state or state[k].shape != mine[k].shape]
         if missing:
             raise ValueError(f"{path}: does not fit {self.backbone_name} ({missing[:3]}...)")
-        self.backbone.load_state_dict({k: state[k] for k in mine})
+        self.backbone.load_state_dict({k: state[k] for k in mine}, strict=not self.lean)
+
+    def backbone_input(self, rgb):
+        """What the backbone takes: the raw image for the lean front, else ImageNet-normalised."""
+        return rgb if self.lean else (rgb - self.mean) / self.std
 
     def forward(self, rgb):
-        f4, f8, f16 = self.backbone((rgb - self.mean) / self.std)
+        f4, f8, f16 = self.backbone(self.backbone_input(rgb))
         p8 = self.smooth8(self.lat8(f8) + self.up(self.lat16(f16)))
         p4 = self.tower(self.smooth4(self.lat4(f4) + self.up(p8)))
         return self.heat(p4), self.size(p4), self.offset(p4)

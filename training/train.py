@@ -31,8 +31,8 @@ import torch.nn.functional as F
 
 import training
 from training import augment, data, mining, targets, validate
-from training.export import INPUT, OUTPUTS, to_onnx
-from training.model import PRETRAINED, PlateNet, pretrained_weights
+from training.export import INPUT, OUTPUTS, load_checkpoint, to_onnx
+from training.model import FRONTS, PRETRAINED, PlateNet, pretrained_weights
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(REPO), "shared")
@@ -44,6 +44,8 @@ FROZEN = {"mobilenetv2": ("backbone.features.0.", "backbone.features.1.", "backb
                           "backbone.features.3."),
           "efficientnet_lite0": ("backbone._conv_stem", "backbone._bn0", "backbone._blocks.0.",
                                  "backbone._blocks.1.", "backbone._blocks.2.")}
+#: with the lean front (training.distill), which trains, the first ImageNet block left frozen
+FROZEN_LEAN = ("backbone._blocks.2.",)
 
 
 def parse_args(argv=None):
@@ -57,6 +59,9 @@ def parse_args(argv=None):
                    help="validate on every N-th street photo (1 = all 150)")
     p.add_argument("--backbone", default="mobilenetv2", choices=sorted(PRETRAINED))
     p.add_argument("--width", type=int, default=64, help="pyramid and head channels")
+    p.add_argument("--front", default="imagenet", choices=FRONTS,
+                   help="what reaches stride 4: the backbone's ImageNet layers, or the lean "
+                        "front of training.distill (--init a distilled checkpoint)")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--steps", type=int, default=120, help="steps per epoch")
     p.add_argument("--batch", type=int, default=16)
@@ -78,6 +83,10 @@ def parse_args(argv=None):
                    help="share of crops centred on a square or two-row plate")
     p.add_argument("--oblique", type=float, default=0.0,
                    help="share of crops squeezed across and turned (plates seen at an angle)")
+    p.add_argument("--teacher", default="",
+                   help="a trained detector's checkpoint whose heatmap and sizes the model "
+                        "is also taught to match (after training.distill)")
+    p.add_argument("--teacher_weight", type=float, default=1.0)
     p.add_argument("--stop_after", type=int, default=0,
                    help="stop after this epoch (same schedule; --resume continues later)")
     p.add_argument("--pretrained_cache",
@@ -96,13 +105,28 @@ def focal_loss(logits: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     return -(pos_loss + neg_loss) / pos.sum().clamp(min=1)
 
 
-def losses(net: PlateNet, batch: dict) -> dict[str, torch.Tensor]:
+def losses(net: PlateNet, batch: dict, teacher: PlateNet | None = None,
+           teacher_weight: float = 1.0) -> dict[str, torch.Tensor]:
+    """The CenterNet losses on ``batch``; with ``teacher``, also ``teach``: the squared
+    difference of the two heatmaps' probabilities, summed and divided by the number of
+    labelled peaks (as the focal loss), plus the L1 difference of their log-sizes where the
+    teacher is sure (probability over 0.3), times ``teacher_weight``."""
     heat, size, offset = net(batch["image"])
     w = batch["weight"]
     norm = w.sum().clamp(min=1e-3)
-    return {"heat": focal_loss(heat, batch["heat"]),
-            "size": (F.l1_loss(size, batch["scale"], reduction="none") * w).sum() / norm,
-            "offset": (F.l1_loss(offset, batch["offset"], reduction="none") * w).sum() / norm}
+    parts = {"heat": focal_loss(heat, batch["heat"]),
+             "size": (F.l1_loss(size, batch["scale"], reduction="none") * w).sum() / norm,
+             "offset": (F.l1_loss(offset, batch["offset"], reduction="none") * w).sum() / norm}
+    if teacher is not None:
+        with torch.no_grad():
+            t_heat, t_size, _ = teacher(batch["image"])
+            t_prob = torch.sigmoid(t_heat)
+        sure = (t_prob > 0.3).float()
+        peaks = batch["heat"].eq(1).float().sum().clamp(min=1)
+        parts["teach"] = teacher_weight * (
+            ((torch.sigmoid(heat) - t_prob) ** 2).sum() / peaks
+            + (F.l1_loss(size, t_size, reduction="none") * sure).sum() / sure.sum().clamp(min=1))
+    return parts
 
 
 def read_for_view(sample: data.Sample, scale: float) -> tuple[np.ndarray, float]:
@@ -215,12 +239,17 @@ def main(argv=None) -> int:
                   else [])
     probs = source_probs(train_set)
     square_probs = square_weights(train_set, probs) if args.square_share > 0 else None
-    net = PlateNet(args.backbone, args.width)
+    net = PlateNet(args.backbone, args.width, args.front)
     net.load_pretrained(pretrained_weights(args.backbone, args.pretrained_cache))
     if args.init:
         net.load_state_dict(torch.load(args.init, map_location="cpu", weights_only=False)["model"])
+    elif net.lean:
+        raise SystemExit("--front lean starts from a distilled checkpoint (--init): "
+                         "python -m training.distill")
+    teacher = load_checkpoint(args.teacher) if args.teacher else None
+    frozen = FROZEN_LEAN if net.lean else FROZEN[args.backbone]
     for name, p in net.named_parameters():
-        p.requires_grad = not name.startswith(FROZEN[args.backbone])
+        p.requires_grad = not name.startswith(frozen)
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
     total = args.epochs * args.steps
@@ -258,7 +287,7 @@ def main(argv=None) -> int:
             if step + 1 < args.steps:
                 pending = pool.submit(make_batch, train_set, probs, rngs[step + 1], cfg,
                                       args.batch, negatives, square_probs)
-            parts = losses(net, batch)
+            parts = losses(net, batch, teacher, args.teacher_weight)
             loss = sum(parts.values())
             opt.zero_grad()
             loss.backward()

@@ -37,3 +37,14 @@ def kernel_note() -> str:
         note += (f": WARNING the shipped weights were trained with {SHIPPED_KERNELS} kernels; "
                  "this run's weights will differ from them (docs/model_beamplate.md)")
     return note
+
+
+def start_run(out: str, threads: int, seed: int) -> None:
+    """The start of every training command: torch's threads and seed set, :func:`kernel_note`
+    printed, the run folder ``out`` made."""
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    print(kernel_note(), flush=True)
+    os.makedirs(out, exist_ok=True)

@@ -181,10 +181,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    print(training.kernel_note(), flush=True)
-    os.makedirs(args.out, exist_ok=True)
+    training.start_run(args.out, args.threads, args.seed)
     train_set, val_set = data.training_set(args.data)
     ex, train_idx, val_idx = load_examples(args, train_set, val_set)
     pos, neg = (train_idx[ex["labels"][train_idx] == y] for y in (1, 0))

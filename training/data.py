@@ -39,6 +39,12 @@ class Sample:
     video: str = ""
 
 
+def validation_photos(folder: str, every: int) -> list[Sample]:
+    """Every ``every``-th sample of ``folder`` (a validation set, e.g. devset_streetplates; never
+    trained on); none when ``folder`` is ''."""
+    return load(folder)[::every] if folder else []
+
+
 def load(folder: str, label: str = "plate") -> list[Sample]:
     """Samples of ``folder`` (``labels.jsonl`` + ``images/``): every image file under
     ``images/`` must have a labels line and every line an image; boxes of ``label`` must lie

@@ -14,7 +14,6 @@ and logs its validation recall, as :mod:`training.train` does.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -73,15 +72,11 @@ def distill_loss(student: PlateNet, teacher: PlateNet, rgb: torch.Tensor) -> tor
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    print(training.kernel_note(), flush=True)
-    os.makedirs(args.out, exist_ok=True)
+    training.start_run(args.out, args.threads, args.seed)
     teacher = load_checkpoint(args.teacher)
     student = student_of(teacher)
     train_set, val_video = data.training_set(args.data)
-    val_street = (data.load(args.val_street)[::args.val_street_every] if args.val_street
-                  else [])
+    val_street = data.validation_photos(args.val_street, args.val_street_every)
     probs = train.source_probs(train_set)
     params = list(student.backbone.front.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
@@ -122,15 +117,9 @@ def main(argv=None) -> int:
         if epoch + 1 == args.epochs:
             entry["val"] = train.validation(to_onnx(student), args.threads, val_video,
                                             val_street)
-        log.append(entry)
-        print(json.dumps(entry), flush=True)
-        with open(os.path.join(args.out, "log.jsonl"), "a") as f:
-            f.write(json.dumps(entry) + "\n")
-        ckpt = {"model": student.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "epoch": epoch + 1, "log": log,
-                "args": saved_args}
-        torch.save(ckpt, last + ".part")
-        os.replace(last + ".part", last)
+        train.record_epoch(args.out, log, entry, {
+            "model": student.state_dict(), "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(), "epoch": epoch + 1, "args": saved_args})
     return 0
 
 

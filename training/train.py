@@ -219,6 +219,19 @@ def restore(path: str, net: torch.nn.Module, opt, sched) -> dict:
     return ckpt
 
 
+def record_epoch(out: str, log: list[dict], entry: dict, state: dict) -> None:
+    """The end of an epoch: ``entry`` appended to ``log``, printed and written to
+    ``<out>/log.jsonl``; ``state`` with the log saved as ``<out>/last.pt`` (atomically, what
+    ``--resume`` reads)."""
+    log.append(entry)
+    print(json.dumps(entry), flush=True)
+    with open(os.path.join(out, "log.jsonl"), "a") as f:
+        f.write(json.dumps(entry) + "\n")
+    last = os.path.join(out, "last.pt")
+    torch.save({**state, "log": log}, last + ".part")
+    os.replace(last + ".part", last)
+
+
 def set_train_mode(net: PlateNet) -> None:
     """Train mode, except the backbone's BatchNorm layers (ImageNet statistics kept: batches
     of 16 crops are too small and too alike to re-estimate them)."""
@@ -230,13 +243,9 @@ def set_train_mode(net: PlateNet) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    print(training.kernel_note(), flush=True)
-    os.makedirs(args.out, exist_ok=True)
+    training.start_run(args.out, args.threads, args.seed)
     train_set, val_video = data.training_set(args.data)
-    val_street = (data.load(args.val_street)[::args.val_street_every] if args.val_street
-                  else [])
+    val_street = data.validation_photos(args.val_street, args.val_street_every)
     probs = source_probs(train_set)
     square_probs = square_weights(train_set, probs) if args.square_share > 0 else None
     net = PlateNet(args.backbone, args.width, args.front)
@@ -312,15 +321,10 @@ def main(argv=None) -> int:
                  "wall_s": round(time.time() - t0),
                  "cpu_s": round(c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime),
                  "cpu_kernels": training.CPU_KERNELS, "val": val}
-        log.append(entry)
-        print(json.dumps(entry), flush=True)
-        with open(os.path.join(args.out, "log.jsonl"), "a") as f:
-            f.write(json.dumps(entry) + "\n")
-        ckpt = {"model": net.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "epoch": epoch + 1, "log": log,
-                "args": vars(args), "negatives": negatives}
-        torch.save(ckpt, last + ".part")
-        os.replace(last + ".part", last)
+        record_epoch(args.out, log, entry, {
+            "model": net.state_dict(), "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(), "epoch": epoch + 1, "args": vars(args),
+            "negatives": negatives})
         torch.save({"model": net.state_dict(), "args": vars(args), "epoch": epoch + 1},
                    os.path.join(args.out, f"epoch{epoch + 1}.pt"))
         if args.stop_after and epoch + 1 >= args.stop_after:

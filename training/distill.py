@@ -89,10 +89,9 @@ def main(argv=None) -> int:
         start, log = (c := train.restore(last, student, opt, sched))["epoch"], c["log"]
         print(f"resumed after epoch {start}", flush=True)
     cfg = augment.CropConfig(size=args.crop, plate_sizes=tuple(args.plate_sizes))
-    # what training.train needs to rebuild and fine-tune the student (--init)
-    saved_args = {**vars(train.parse_args(["--out", args.out])), **vars(args),
-                  "backbone": student.backbone_name, "width": student.lat4[0].out_channels,
-                  "front": "lean"}
+    # what training.export.load_checkpoint needs to rebuild the student
+    saved_args = {**vars(args), "backbone": student.backbone_name,
+                  "width": student.lat4[0].out_channels, "front": "lean"}
     for epoch in range(start, args.epochs):
         t0 = time.time()
         student.eval()

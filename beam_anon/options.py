@@ -12,7 +12,7 @@ import dataclasses
 
 from beam_anon.detection.blur import MODES as BLUR_MODES
 from beam_anon.media.jpeg_output import MODES as JPEG_MODES
-from beam_anon.detection.plan import PRESETS, preset, preset_summary
+from beam_anon.detection.presets import PRESETS, preset, preset_summary
 from beam_anon.settings import Settings
 
 #: --help text of every Settings field (tests check none is missing)

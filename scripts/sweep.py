@@ -22,7 +22,7 @@ from multiprocessing import Pool
 from beam_anon.tools import evaluate
 from beam_anon.detection.anonymize import load_anonymizer
 from beam_anon.media.image_io import decode
-from beam_anon.detection.plan import preset
+from beam_anon.detection.presets import preset
 from beam_anon.settings import Settings
 
 _anon = None

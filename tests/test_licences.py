@@ -58,7 +58,7 @@ def test_guard_refuses_non_permissive_models_without_opt_in():
 
 
 def test_defaults_and_every_preset_are_permissive():
-    from beam_anon.detection.plan import PRESETS
+    from beam_anon.detection.presets import PRESETS
 
     assert Settings().allow_licences == ()
     for name, changes in PRESETS.items():

@@ -3,7 +3,7 @@ fallbacks and the presets (beam_anon.detection.regions, beam_anon.detection.plan
 import numpy as np
 import pytest
 
-from beam_anon.detection import plan
+from beam_anon.detection import plan, presets
 from beam_anon.boxes import Detections
 from beam_anon.detection.regions import int_box, scaled_tiles, tile
 from beam_anon.settings import Settings
@@ -161,13 +161,13 @@ def test_margins_per_role():
 
 
 def test_presets_are_settings_and_options_override_them():
-    assert plan.preset("balanced") == Settings()
-    fast = plan.preset("fast")
+    assert presets.preset("balanced") == Settings()
+    fast = presets.preset("fast")
     assert fast.stage1_model is None and not fast.verify
-    assert plan.preset("fast", verify=True).verify
-    assert set(plan.preset("thorough").face_models) > set(fast.face_models)
+    assert presets.preset("fast", verify=True).verify
+    assert set(presets.preset("thorough").face_models) > set(fast.face_models)
     with pytest.raises(ValueError, match="unknown preset"):
-        plan.preset("nope")
+        presets.preset("nope")
 
 
 def test_stage1_looks_whole_and_tiles():

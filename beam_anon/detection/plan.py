@@ -40,7 +40,8 @@ For each image (all boxes xyxy pixels, sizes in pixels, scores 0-1), per role (f
    should have been found (expected face >= ``head_fallback_min_face``), with no face or
    candidate in its head area, gets that head area blurred.
 
-Presets (:data:`PRESETS`) are named sets of these settings; options override them.
+Presets (:mod:`beam_anon.detection.presets`) are named sets of these settings; options
+override them.
 """
 from __future__ import annotations
 
@@ -364,59 +365,3 @@ def with_margins(found: Detections, settings: Settings) -> Detections:
     grown = expand(found[plates], settings.plate_margin_fraction, 1.0)
     return Detections.concat([expand(found[~plates], settings.blur_margin_fraction, 1.0),
                               at_least_tall(grown, settings.plate_min_height_fraction)])
-
-
-#: named settings; ``balanced`` is the default (the Settings defaults themselves)
-PRESETS: dict[str, dict] = {
-    # one face pass and one plate pass over the whole image, plus zooms where unsure, and the
-    # plate overview (300 px: close-up plates too large for the 0.75x look; street plates 0.969
-    # with it, 0.910 without, and one devset plate lost); with no other plate look, beamplate's
-    # threshold is lower (0.12). The plate check at 0.01 keeps every plate fast finds and blurs
-    # 1.5-2 points less (0.03 lost 1 street plate, 0.05 2)
-    "fast": {"stage1_model": None, "face_models": ("centerface",), "zoom_models": ("centerface",),
-             "zoom_thresholds": ("centerface=0.2",), "zoom_max_size": 24, "agree_thresholds": (),
-             "face_rotations": (), "person_face_size": 0,
-             "crowd_min_faces": 0, "plate_models": ("beamplate",), "plate_threshold": 0.12,
-             "plate_full_frame_scales": (0.75,), "verify": False,
-             "plate_check_threshold": 0.01},
-    # CenterFace looks (full frame, turned, persons' heads, zooms); RetinaFace-MobileNetV2
-    # looks only where CenterFace was unsure (zooms, crowd) and their agreement admits boxes
-    # below either's threshold (issue 17, docs/accuracy.md)
-    "balanced": {},
-    # every look the permissive models allow: both face models at 1x and 2x, all turns, head
-    # fallback (platedet-yolov8s and clpdet join with --allow_licences agpl,unknown
-    # --plate_models beamplate,platedet-yolov8s,clpdet and the same in --region_models)
-    "thorough": {"face_models": ("centerface", "yunet"), "face_rotation_scale": 1.0,
-                 "zoom_min_score": 0.05, "zoom_max_size": 24, "agree_thresholds": (),
-                 "region_models": ("centerface", "yunet", "beamplate"),
-                 "zoom_models": ("centerface", "yunet", "beamplate"),
-                 "zoom_thresholds": ("centerface=0.2", "yunet=0.5"),
-                 "face_full_frame_scales": (1.0, 2.0), "face_rotations": (90, 180, 270),
-                 "head_fallback": True, "plate_full_frame_scales": (1.0, 2.0),
-                 "vehicle_crop_sizes": (160, 300, 640), "verify_full_frame": True,
-                 "plate_check_model": None},   # every plate box the detector draws is blurred
-}
-
-
-#: each preset's measured devset recall and cost (docs/accuracy.md, docs/performance.md), for --help
-PRESET_MEASURED: dict[str, str] = {
-    "fast": "devset faces 0.933 (under 16 px 0.918), plates 1.000, street plates 0.969 (under "
-            "16 px 0.962), 4.3 false boxes/image, 20-23 percent of the image blurred; 0.8x deface's "
-            "images/s on dashcam frames",
-    "balanced": "devset faces 0.947 (0.922), plates 1.000, street plates 0.996 (under 16 px "
-                "0.987), 4.8 false boxes/image, 15-19 percent of the image blurred; 0.4x deface's "
-                "images/s on dashcam frames",
-    "thorough": "devset faces 0.966 (0.959), plates 1.000, street plates 1.000, 11.5 false "
-                "boxes/image, 28-31 percent blurred; about 2 s per image",
-}
-
-
-def preset_summary(name: str) -> str:
-    return PRESET_MEASURED.get(name, "")
-
-
-def preset(name: str, **overrides) -> Settings:
-    """Settings of preset ``name`` with ``overrides`` (field=value) applied on top."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
-    return Settings().replace(**{**PRESETS[name], **overrides})

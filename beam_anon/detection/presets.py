@@ -40,10 +40,10 @@ PRESETS: dict[str, dict] = {
 #: each preset's measured devset recall and cost (docs/accuracy.md, docs/performance.md), for --help
 PRESET_MEASURED: dict[str, str] = {
     "fast": "devset faces 0.933 (under 16 px 0.918), plates 1.000, street plates 0.969 (under "
-            "16 px 0.962), 4.3 false boxes/image, 20-23 percent of the image blurred; 0.8x deface's "
+            "16 px 0.962), 4.3 false boxes/image, 20-23 percent of the image blurred; 0.9x deface's "
             "images/s on dashcam frames",
-    "balanced": "devset faces 0.947 (0.922), plates 1.000, street plates 0.996 (under 16 px "
-                "0.987), 4.8 false boxes/image, 15-19 percent of the image blurred; 0.4x deface's "
+    "balanced": "devset faces 0.964 (0.963), plates 1.000, street plates 0.996 (under 16 px "
+                "0.987), 6.8 false boxes/image, 16-19 percent of the image blurred; 0.5x deface's "
                 "images/s on dashcam frames",
     "thorough": "devset faces 0.966 (0.959), plates 1.000, street plates 1.000, 11.5 false "
                 "boxes/image, 28-31 percent blurred; about 2 s per image",

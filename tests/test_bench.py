@@ -36,6 +36,25 @@ def test_hd_set_is_the_1280x720_images_and_dashcam_set_the_raw_frames(tmp_path, 
     assert [os.path.basename(p) for p in bench.dashcam_frames(str(tmp_path))] == ["dashcam_1.jpg"]
 
 
+def test_after_startup_takes_the_one_image_run_off_each_configuration(monkeypatch):
+    def runs(wall):
+        return [{"wall": wall, "cpu": wall, "records": []}]
+
+    assert bench.after_startup(101, runs(14.0), runs(4.0)) == pytest.approx(10.0)
+    assert bench.after_startup(101, runs(14.0), None) is None
+    assert bench.after_startup(101, runs(3.0), runs(4.0)) is None   # noise: no rate
+    monkeypatch.setattr(bench, "breakdown", lambda records: "")
+    results = {"dashcam": {"images": 101, "describe": "d", "peer": {"opencv": runs(20.5)},
+                           "presets": {"fast": runs(14.0)}, "floor": 1.0},
+               "startup": {"images": 1, "describe": "s", "peer": {"opencv": runs(0.5)},
+                           "presets": {"fast": runs(4.0)}, "floor": 1.0}}
+    last = bench.report(results, "m").splitlines()[-1]
+    assert last == ("set dashcam after start-up (wall less the startup set's), images/s: "
+                    "deface 5.00, fast 10.00 (2.00x)")
+    del results["startup"]
+    assert "after start-up" not in bench.report(results, "m")
+
+
 @pytest.mark.models
 @pytest.mark.slow
 def test_bench_runs_the_pipeline_and_prints_the_table(tmp_path, capsys, sample_paths):

@@ -56,6 +56,8 @@ SETTINGS_HELP = {
                      "look at the full frame only)",
     "overview_size": "plates: the whole image shrunk to this long side (pixels) is looked at "
                      "too, for close-up plates too large for the 1x look (0: off)",
+    "overview_threshold": "minimum score of a plate box that only the overview look found (its "
+                          "false boxes are large); below it a near miss, for review (0: off)",
     "close_up_size": "plates: the whole image shrunk to this long side (pixels) is looked at "
                      "too, for a plate that fills the photo (0: off)",
     "close_up_threshold": "minimum plate score in the close-up look (a false box there covers "

@@ -44,6 +44,7 @@ class Settings:
     face_rotation_models: tuple[str, ...] = ("centerface",)
     face_rotation_scale: float = 0.5       # turned looks at this scale (upside-down faces are big)
     overview_size: int = 300               # plates: whole image shrunk to this long side; 0 off
+    overview_threshold: float = 0.0        # a plate box only the overview found needs this; 0 off
     close_up_size: int = 160               # plates: ... and to this one, for a plate filling it
     close_up_threshold: float = 0.3        # minimum score there (its false boxes are large)
     region_padding_fraction: float = 0.1   # of a stage-1 box's own size, each side

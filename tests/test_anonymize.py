@@ -127,3 +127,15 @@ def test_turned_full_frame_pass_maps_back_to_the_same_place():
     np.testing.assert_allclose(faces.xyxy[0], [240, 120, 260, 140], atol=1.0)
     assert {c.turns for c in debug.crops} == {0, 1, 2, 3}
     assert any(shape[0] > shape[1] for shape in dets["f"].seen_shapes)  # 90-degree tiles seen
+
+
+def test_a_plate_only_the_overview_found_needs_the_overview_threshold():
+    settings = Settings(full_frame=False, person_face_size=0, vehicle_crop_sizes=(),
+                        overview_size=300, close_up_size=0)
+    anon, _ = make(settings)
+    found, debug, _, _ = anon.detect(scene())
+    assert len(found.with_label("plate")) == 1 and {c.source for c in debug.crops} == {"overview"}
+    anon, _ = make(settings.replace(overview_threshold=0.95))     # it scores 0.9 there
+    found, debug, _, _ = anon.detect(scene())
+    assert len(found.with_label("plate")) == 0
+    assert len(debug.near_misses.with_label("plate")) == 1          # for review, not lost

@@ -97,6 +97,18 @@ def test_plates_off_every_vehicle_need_the_higher_score():
         True, True, False, True]
 
 
+def test_plates_only_the_overview_found_need_its_threshold():
+    xyxy = [[0, 0, 400, 200], [0, 0, 400, 200], [0, 0, 400, 200], [0, 0, 40, 20], [0, 0, 40, 20]]
+    plates = Detections(np.array(xyxy, np.float32), [0.2, 0.4, 0.2, 0.2, 0.2],
+                        np.array(["plate"] * 5, object),
+                        [{"beamplate:overview"}, {"beamplate:overview"},
+                         {"beamplate:overview", "beamplate:full_frame"}, {"beamplate:vehicle"},
+                         set()])
+    s = Settings(overview_threshold=0.3)
+    assert plan.overview_only(plates, s).tolist() == [True, False, False, False, False]
+    assert not plan.overview_only(plates, Settings()).any()          # off by default
+
+
 def test_person_looks_upscale_head_areas_of_small_persons_only():
     s = Settings(person_face_size=32, crop_max_upscale=4.0, stage1_threshold=0.3)
     stage1 = Detections(np.array([[100, 100, 120, 180], [400, 0, 800, 720]], np.float32),

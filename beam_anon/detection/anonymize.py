@@ -120,8 +120,9 @@ class Anonymizer:
         if role == "face":
             found.append(plan.head_fallback(stage1, Detections.concat(found + unsure), s))
             return Detections.concat(found), Detections.concat(unsure)
-        plates = Detections.concat(found)   # off every vehicle: a higher score, or a near miss
-        away = plan.off_vehicle(plates, stage1, width, height, s)
+        plates = Detections.concat(found)   # off every vehicle, or only in the overview: a
+        away = (plan.off_vehicle(plates, stage1, width, height, s)   # higher score, or a near miss
+                | plan.overview_only(plates, s))
         plates, unsure = plates[~away], unsure + [plates[away]]
         if self.plate_check:   # a second opinion on the plates the detector was unsure of
             plates = self._checked(image, plates, cost)

@@ -293,6 +293,18 @@ def off_vehicle(plates: Detections, stage1: Detections, width: int, height: int,
     return ~on & (plates.scores < settings.plate_off_vehicle_threshold)
 
 
+def overview_only(plates: Detections, settings: Settings) -> np.ndarray:
+    """(N,) True for the ``plates`` found by no look but the overview, scoring under
+    ``overview_threshold`` (all False when it is 0): a plate-sized box at 300 px is a large
+    part of the image, so a false one costs much area, and the close-up plates the overview is
+    for score high there."""
+    if not settings.overview_threshold or not len(plates):
+        return np.zeros(len(plates), bool)
+    only = np.array([bool(src) and {s.partition(":")[2] for s in src} == {"overview"}
+                     for src in plates.sources], bool)
+    return only & (plates.scores < settings.overview_threshold)
+
+
 def check_asked(plates: Detections, settings: Settings, checks=()) -> np.ndarray:
     """(N,) True for the plate boxes the plate check is asked about: found only by models in
     ``checks`` (those it was trained on), scoring under ``plate_check_below``, short side at

@@ -15,7 +15,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from beam_anon.models import derived, graphs
+from beam_anon.models import derived, graphs, quantize
 from beam_anon import models
 from beam_anon.detectors import runtime
 from beam_anon.boxes import iou_matrix
@@ -113,9 +113,9 @@ def test_downstream_and_names_and_rounding():
     assert graphs.downstream_of(model, "Relu") == ["Relu_1"]
     assert graphs.downstream_of(model, "Conv") == ["Conv_0", "Relu_1", "Add_2"]
     for v in (0.1234, -3.7, 640.0, 1e-5):
-        lo, hi = graphs._round_out(v, up=False), graphs._round_out(v, up=True)
+        lo, hi = quantize._round_out(v, up=False), quantize._round_out(v, up=True)
         assert lo <= v <= hi and (hi - lo) <= abs(v) / 8
-    assert graphs._round_out(0.5000001, True) == graphs._round_out(0.5000002, True)
+    assert quantize._round_out(0.5000001, True) == quantize._round_out(0.5000002, True)
     with pytest.raises(ValueError, match="unknown graph fix"):
         graphs.apply_fixes(model, ["bogus"])
 

@@ -139,7 +139,7 @@ def produce(entry: dict, root: str, samples: Sequence[str], variant: str) -> dic
     import onnx
     import onnxruntime
 
-    from beam_anon.models import graphs
+    from beam_anon.models import graphs, quantize
     from beam_anon.detectors import build_detector
 
     recipe = entry["derived"][variant]
@@ -169,7 +169,7 @@ def produce(entry: dict, root: str, samples: Sequence[str], variant: str) -> dic
             if recipe.get("float_output_nodes"):  # raw logits and box bins stay exact
                 outs = {o.name for o in model.graph.output}
                 float_nodes += [n.name for n in model.graph.node if set(n.output) & outs]
-            graphs.quantize_int8(model, tmp, feeds, float_nodes)
+            quantize.quantize_int8(model, tmp, feeds, float_nodes)
             calibration = {os.path.basename(p): sha256_file(p) for p in sorted(samples)}
         else:
             onnx.save(model, tmp)

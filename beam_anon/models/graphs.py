@@ -44,11 +44,16 @@ def initializers_not_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
     inputs = [i for i in graph.input if i.name not in names]
     del graph.input[:]
     graph.input.extend(inputs)
+    _drop_unread_initializers(graph)
+    return model
+
+
+def _drop_unread_initializers(graph: onnx.GraphProto) -> None:
+    """Initializers that no node reads and no output is removed from ``graph`` (in place)."""
     used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
     kept = [i for i in graph.initializer if i.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept)
-    return model
 
 
 def _set_dims(value_info, dims: Sequence) -> None:
@@ -222,7 +227,7 @@ def _attr(node: onnx.NodeProto, name: str):
 def _foldable_pad(node: onnx.NodeProto, inits: dict, users: list) -> np.ndarray | None:
     """The (N, C, H, W) pads of a Pad node that only adds zeros on H and W and feeds only
     explicitly padded Convs, as ``[top, left, bottom, right]``; None when it is not that."""
-    if node.op_type != "Pad" or len(node.input) < 2 or node.input[1] not in inits or not users:
+    if len(node.input) < 2 or node.input[1] not in inits or not users:
         return None
     mode = _attr(node, "mode")
     value = inits.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
@@ -249,8 +254,10 @@ def fold_pads(model: onnx.ModelProto) -> onnx.ModelProto:
     outputs = {o.name for o in graph.output}
     dropped = set()
     for k, node in enumerate(graph.node):
-        readers = users.get(node.output[0], []) if node.op_type == "Pad" else []
-        pads = None if node.output[0] in outputs else _foldable_pad(node, inits, readers)
+        if node.op_type != "Pad" or node.output[0] in outputs:
+            continue
+        readers = users.get(node.output[0], [])
+        pads = _foldable_pad(node, inits, readers)
         if pads is None:
             continue
         for conv in readers:
@@ -266,10 +273,7 @@ def fold_pads(model: onnx.ModelProto) -> onnx.ModelProto:
     kept = [n for k, n in enumerate(graph.node) if k not in dropped]
     del graph.node[:]
     graph.node.extend(kept)
-    read = {name for node in kept for name in node.input}
-    weights = [i for i in graph.initializer if i.name in read]
-    del graph.initializer[:]
-    graph.initializer.extend(weights)
+    _drop_unread_initializers(graph)
     return model
 
 

@@ -242,7 +242,7 @@ def breakdown(records: list[dict]) -> str:
 def report(results: dict, machine: str) -> str:
     lines = [f"beam_anon.tools.bench: {machine}", ""]
     start = results.get("startup", {"peer": {}, "presets": {}})
-    steady: dict[str, str] = {}
+    steady = []
     for name, res in results.items():
         n = res["images"]
         lines.append(f"set {name}: {n} images ({res['describe']})")
@@ -268,8 +268,8 @@ def report(results: dict, machine: str) -> str:
                          f"{res['floor_lossless']:9.2f}")
         lines.append("")
         if name != "startup":
-            steady[name] = _after_startup_line(name, n, res, start)
-    lines += [line for line in steady.values() if line]
+            steady.append(_after_startup_line(name, n, res, start))
+    lines += [line for line in steady if line]
     return "\n".join(lines)
 
 

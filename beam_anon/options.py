@@ -45,8 +45,8 @@ SETTINGS_HELP = {
     "face_full_frame_scales": "comma-separated resize factors of the full-frame face looks "
                               "(2 = upscaled 2x, finds smaller faces, costs 4x)",
     "plate_full_frame_scales": "comma-separated resize factors of the full-frame plate looks",
-    "model_max_scales": "per-model cap on the full-frame scales, e.g. yunet=1 (0: the model "
-                        "makes no full-frame look)",
+    "model_scales": "per-model full-frame scales instead of the role's, name=s1/s2, e.g. "
+                    "yunet=1,retinaface-mnv2=0.5 (name=0: the model makes no full-frame look)",
     "face_rotations": "extra full-frame face looks on the image turned by these angles "
                       "(degrees, multiples of 90; 180 finds upside-down faces; empty: none)",
     "face_rotation_models": "face models that make the turned looks",

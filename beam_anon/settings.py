@@ -39,7 +39,8 @@ class Settings:
     full_frame_max_side: int = 2048        # any-size models see the image whole up to this side
     face_full_frame_scales: tuple[float, ...] = (1.0,)
     plate_full_frame_scales: tuple[float, ...] = (1.0,)
-    model_max_scales: tuple[str, ...] = ("yunet=1", "retinaface-mnv2=0")  # "name=scale" caps
+    # per model "name=s1/s2": its full-frame scales instead of its role's ("name=0": none)
+    model_scales: tuple[str, ...] = ("yunet=1", "retinaface-mnv2=0")
     face_rotations: tuple[int, ...] = (180,)  # degrees, multiples of 90 (upside-down faces)
     face_rotation_models: tuple[str, ...] = ("centerface",)
     face_rotation_scale: float = 0.5       # turned looks at this scale (upside-down faces are big)
@@ -143,12 +144,16 @@ class Settings:
         return self.threshold(model, role) if value is None else value
 
     def full_frame_scales(self, role: str, model: str = "") -> tuple[float, ...]:
-        """Scales of the full-frame passes for ``role`` and ``model``; empty when off."""
+        """Scales of the full-frame passes of ``model`` in ``role``: its ``model_scales``
+        entry (``name=s1/s2``; 0 or nothing: none), else the role's; empty when off."""
         if not self.full_frame:
             return ()
-        scales = self.face_full_frame_scales if role == "face" else self.plate_full_frame_scales
-        cap = self._per_model(self.model_max_scales, model)
-        return tuple(s for s in scales if cap is None or s <= cap)
+        for entry in self.model_scales:
+            name, _, value = entry.partition("=")
+            if name.strip() == model:
+                return tuple(s for s in (float(v) for v in value.split("/") if v.strip())
+                             if s > 0)
+        return self.face_full_frame_scales if role == "face" else self.plate_full_frame_scales
 
     def model_names(self) -> tuple[str, ...]:
         names = (self.stage1_model,) if self.stage1_model else ()

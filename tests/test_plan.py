@@ -49,9 +49,12 @@ def test_full_frame_looks_scales_tiles_and_turns():
     assert {max(c.xyxy[2] - c.xyxy[0], c.xyxy[3] - c.xyxy[1]) for c in sized if c.scale > 1.5}\
         <= set(range(321))
     assert plan.full_frame_looks(1280, 720, s.replace(full_frame=False), "face", "cf") == []
-    capped = s.replace(model_max_scales=("cf=1",))
-    assert {c.scale for c in plan.full_frame_looks(1280, 720, capped, "face", "cf")
-            if c.source == "full_frame"} == {1.0}
+    def scales(settings, model):
+        return sorted({c.scale for c in plan.full_frame_looks(1280, 720, settings, "face", model)
+                       if c.source == "full_frame"})
+    own = s.replace(model_scales=("cf=1", "rf=0.5/2", "off=0"))
+    assert scales(own, "cf") == [1.0] and scales(own, "rf") == [0.5, 2.0]
+    assert scales(own, "off") == [] and scales(own, "other") == [1.0, 2.0]
     assert plan.stage1_look(1280, 720, 640).size == (640, 360)
     assert plan.stage1_look(1280, 720, None).scale == 1.0
 

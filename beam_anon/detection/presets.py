@@ -7,12 +7,14 @@ from beam_anon.settings import Settings
 
 #: named settings; ``balanced`` is the default (the Settings defaults themselves)
 PRESETS: dict[str, dict] = {
-    # one face pass and one plate pass over the whole image, plus zooms where unsure, and the
-    # plate overview (300 px: close-up plates too large for the 0.75x look; street plates 0.969
-    # with it, 0.910 without, and one devset plate lost); with no other plate look, beamplate's
-    # threshold is lower (0.12). The plate check at 0.01 keeps every plate fast finds and blurs
+    # one face pass (and RetinaFace's half-size one) and one plate pass over the whole image,
+    # plus zooms where unsure, and the plate overview (300 px: close-up plates too large for the
+    # 0.75x look; street plates 0.969 with it, 0.910 without, and one devset plate lost); with
+    # no other plate look, beamplate's threshold is lower (0.12). The plate check at 0.01 keeps every plate fast finds and blurs
     # 1.5-2 points less (0.03 lost 1 street plate, 0.05 2). RetinaFace (INT8) looks at the
-    # zooms too, with balanced's agreement: faces 0.933 -> 0.950 for 7-14 ms per dashcam frame
+    # zooms too, with balanced's agreement: faces 0.933 -> 0.950 for 7-14 ms per dashcam frame;
+    # and at the whole image at half size (model_scales): 0.950 -> 0.966, faces >= 32 px
+    # 0.939 -> 0.986
     "fast": {"stage1_model": None, "face_models": ("centerface", "retinaface-mnv2"),
              "zoom_models": ("centerface", "retinaface-mnv2"),
              "zoom_thresholds": ("centerface=0.2", "retinaface-mnv2=0.5"), "zoom_max_size": 32,
@@ -21,13 +23,15 @@ PRESETS: dict[str, dict] = {
              "plate_full_frame_scales": (0.75,), "verify": False,
              "plate_check_threshold": 0.01},
     # CenterFace looks (full frame, turned, persons' heads, zooms); RetinaFace-MobileNetV2
-    # looks only where CenterFace was unsure (zooms, crowd) and their agreement admits boxes
+    # looks at the whole image at half size (large faces CenterFace scores low: devset faces
+    # 0.964 -> 0.979) and where CenterFace was unsure (zooms, crowd); their agreement admits boxes
     # below either's threshold (issue 17, docs/accuracy.md)
     "balanced": {},
     # every look the permissive models allow: CenterFace and YuNet at 1x and 2x, all turns,
     # head fallback, and RetinaFace on the zooms with balanced's agreement (devset faces 0.966
-    # -> 0.984 with it) (platedet-yolov8s and clpdet join with --allow_licences agpl,unknown
-    # --plate_models beamplate,platedet-yolov8s,clpdet and the same in --region_models)
+    # -> 0.984 with it) and on the half-size whole image (0.984 -> 0.991) (platedet-yolov8s
+    # and clpdet join with --allow_licences agpl,unknown --plate_models
+    # beamplate,platedet-yolov8s,clpdet and the same in --region_models)
     "thorough": {"face_models": ("centerface", "yunet", "retinaface-mnv2"),
                  "face_rotation_scale": 1.0, "zoom_min_score": 0.05, "zoom_max_size": 24,
                  "region_models": ("centerface", "yunet", "beamplate"),
@@ -42,14 +46,14 @@ PRESETS: dict[str, dict] = {
 
 #: each preset's measured devset recall and cost (docs/accuracy.md, docs/performance.md), for --help
 PRESET_MEASURED: dict[str, str] = {
-    "fast": "devset faces 0.950 (under 16 px 0.948), plates 1.000, street plates 0.969 (under "
-            "16 px 0.962), 6.4 false boxes/image, 20-23 percent of the image blurred; 0.9x deface's "
+    "fast": "devset faces 0.966 (under 16 px 0.948), plates 1.000, street plates 0.969 (under "
+            "16 px 0.962), 6.8 false boxes/image, 21-23 percent of the image blurred; 0.8x deface's "
             "images/s on dashcam frames",
-    "balanced": "devset faces 0.964 (0.963), plates 1.000, street plates 0.996 (under 16 px "
-                "0.987), 6.8 false boxes/image, 16-19 percent of the image blurred; 0.5x deface's "
+    "balanced": "devset faces 0.979 (0.963), plates 1.000, street plates 0.996 (under 16 px "
+                "0.987), 7.1 false boxes/image, 17-19 percent of the image blurred; 0.5x deface's "
                 "images/s on dashcam frames",
-    "thorough": "devset faces 0.984 (0.981), plates 1.000, street plates 1.000, 13.8 false "
-                "boxes/image, 29-31 percent blurred; about 2 s per image",
+    "thorough": "devset faces 0.991 (0.981), plates 1.000, street plates 1.000, 13.9 false "
+                "boxes/image, 30-31 percent blurred; about 2 s per image",
 }
 
 

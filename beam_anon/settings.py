@@ -11,6 +11,10 @@ from dataclasses import dataclass, field
 #: stage-1 COCO classes whose boxes become regions searched by stage 2
 DEFAULT_STAGE1_CLASSES = ("person", "bicycle", "car", "motorcycle", "bus", "truck")
 
+#: fields of ``"name=value"`` entries, one per model: scores in [0, 1], except ``model_scales``
+#: (``name=s1/s2``, scales >= 0)
+PER_MODEL_FIELDS = ("model_thresholds", "zoom_thresholds", "agree_thresholds", "model_scales")
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -157,6 +161,29 @@ class Settings:
                 return tuple(s for s in (float(v) for v in value.split("/") if v.strip())
                              if s > 0)
         return self.face_full_frame_scales if role == "face" else self.plate_full_frame_scales
+
+    def per_model_names(self) -> dict[str, str]:
+        """``{model name: the first of PER_MODEL_FIELDS naming it}`` over those fields' entries.
+        Raises ValueError, naming the option, for an entry that is not ``name=value`` or whose
+        value is not a score in [0, 1] (``model_scales``: ``/``-separated scales >= 0)."""
+        names: dict[str, str] = {}
+        for field_name in PER_MODEL_FIELDS:
+            for entry in getattr(self, field_name):
+                name, eq, value = (part.strip() for part in entry.partition("="))
+                try:
+                    numbers = [float(v) for v in value.split("/")] if eq and name else []
+                except ValueError:
+                    numbers = []
+                if field_name == "model_scales":
+                    ok = bool(numbers) and all(0 <= v < 100 for v in numbers)
+                else:
+                    ok = len(numbers) == 1 and 0 <= numbers[0] <= 1
+                if not ok:
+                    want = ("name=scale or name=s1/s2 (scales >= 0)" if field_name == "model_scales"
+                            else "name=score (0-1)")
+                    raise ValueError(f"--{field_name} {entry!r}: expected {want}")
+                names.setdefault(name, field_name)
+        return names
 
     def model_names(self) -> tuple[str, ...]:
         names = (self.stage1_model,) if self.stage1_model else ()

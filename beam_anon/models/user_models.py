@@ -188,9 +188,11 @@ def probe_image(width: int = 320, height: int = 240) -> np.ndarray:
 
 
 def check_start(settings, models_dir: str | None, load: bool = True) -> None:
-    """Refuse at start what would fail every image: a named model nobody knows, a model in
-    the wrong role, a spec model whose files, signature or outputs do not work (it is loaded
-    and run on :func:`probe_image` when ``load``). Raises ``models.ModelError``."""
+    """Refuse at start what would fail every image or silently do nothing: a named model nobody
+    knows (in a role or in a per-model entry such as ``--model_thresholds``), a malformed
+    per-model entry, a model in the wrong role, a spec model whose files, signature or outputs
+    do not work (it is loaded and run on :func:`probe_image` when ``load``). Raises
+    ``models.ModelError``."""
     names = [e["name"] for e in entries(settings)]
     if len(set(names)) != len(names):
         raise models.ModelError(f"two --model_spec files name one model: {sorted(names)}")
@@ -202,6 +204,15 @@ def check_start(settings, models_dir: str | None, load: bool = True) -> None:
             if info["role"] != role:
                 raise models.ModelError(f"model {name!r} is a {info['role']} model, named in "
                                         f"--{field}")
+    try:   # a typo in a per-model entry would silently change nothing
+        named = settings.per_model_names()
+    except ValueError as e:
+        raise models.ModelError(str(e)) from None
+    for name, field in sorted(named.items()):
+        try:
+            models.model_info(name)
+        except models.ModelError as e:
+            raise models.ModelError(f"--{field}: {e}") from None
     used = set(settings.model_names())
     for entry in entries(settings):
         if entry["name"] not in used or not load:

@@ -1,0 +1,40 @@
+"""Per-model entries ("name=value" options): malformed values and unknown model names stop a
+run at start instead of failing every image or silently changing nothing."""
+from __future__ import annotations
+
+import pytest
+
+from beam_anon import models
+from beam_anon.detection.presets import PRESETS, preset
+from beam_anon.models import user_models
+from beam_anon.settings import Settings
+
+
+def test_per_model_names_and_their_option():
+    s = Settings(model_thresholds=("centerface=0.3",), zoom_thresholds=(" yunet = 0.5",),
+                 agree_thresholds=("centerface=0.1",), model_scales=("retinaface-mnv2=0.5/1",))
+    assert s.per_model_names() == {"centerface": "model_thresholds", "yunet": "zoom_thresholds",
+                                   "retinaface-mnv2": "model_scales"}
+    for name in PRESETS:   # every preset's own entries name real models
+        assert set(preset(name).per_model_names()) <= set(models.model_names()), name
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"model_thresholds": ("centerface=3",)}, "--model_thresholds 'centerface=3': expected"),
+    ({"agree_thresholds": ("centerface",)}, "--agree_thresholds 'centerface': expected"),
+    ({"zoom_thresholds": ("=0.4",)}, "--zoom_thresholds '=0.4': expected"),
+    ({"model_scales": ("yunet=abc",)}, "--model_scales 'yunet=abc': expected name=scale"),
+    ({"model_scales": ("yunet=-1",)}, "--model_scales 'yunet=-1': expected"),
+])
+def test_malformed_entries_are_refused(changes, message):
+    with pytest.raises(ValueError, match=message):
+        Settings(**changes).per_model_names()
+    with pytest.raises(models.ModelError, match=message):
+        user_models.check_start(Settings(**changes), None, load=False)
+
+
+def test_unknown_model_in_an_entry_stops_the_run():
+    with pytest.raises(models.ModelError, match="--zoom_thresholds: unknown model 'centreface'"):
+        user_models.check_start(Settings(zoom_thresholds=("centreface=0.3",)), None, load=False)
+    user_models.check_start(Settings(model_scales=("yunet=0", "centerface=1/0.5")), None,
+                            load=False)

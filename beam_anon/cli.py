@@ -130,9 +130,14 @@ def _own_models(opts: AnonymizeOptions) -> Settings:
 
 
 def _check_models(settings: Settings, models_dir: str | None, load: bool) -> None:
-    """Stop now, not with one failed record per image, for a model name nobody knows or named
-    in the wrong role, and (``load``) a spec model that does not load or fails on a probe
-    image (``beam_anon.models.user_models.check_start``)."""
+    """Stop now, not with one failed record per image, for a value out of its range
+    (``Settings.check_values``), a model name nobody knows or named in the wrong role, and
+    (``load``) a spec model that does not load or fails on a probe image
+    (``beam_anon.models.user_models.check_start``)."""
+    try:
+        settings.check_values()
+    except ValueError as e:
+        raise SystemExit(f"beam-anon: {e}") from None
     try:
         user_models.check_start(settings, models_dir, load)
         licences.check(settings)  # non-permissive models need --allow_licences

@@ -11,6 +11,12 @@ from dataclasses import dataclass, field
 #: stage-1 COCO classes whose boxes become regions searched by stage 2
 DEFAULT_STAGE1_CLASSES = ("person", "bicycle", "car", "motorcycle", "bus", "truck")
 
+#: numeric fields that must be above 0 (scales, sizes of looks, the blur: 0 would not blur)
+POSITIVE_FIELDS = ("face_full_frame_scales", "plate_full_frame_scales", "face_rotation_scale",
+                   "zoom_scale", "crowd_scale", "crop_max_upscale", "vehicle_crop_sizes",
+                   "full_frame_tile", "full_frame_max_side", "blur_strength", "max_pixels",
+                   "detect_max_pixels")
+
 #: fields of ``"name=value"`` entries, one per model: scores in [0, 1], except ``model_scales``
 #: (``name=s1/s2``, scales >= 0)
 PER_MODEL_FIELDS = ("model_thresholds", "zoom_thresholds", "agree_thresholds", "model_scales")
@@ -161,6 +167,31 @@ class Settings:
                 return tuple(s for s in (float(v) for v in value.split("/") if v.strip())
                              if s > 0)
         return self.face_full_frame_scales if role == "face" else self.plate_full_frame_scales
+
+    def check_values(self) -> None:
+        """Raises ValueError, naming the option, for a value out of its range: scores and
+        overlaps (``*_threshold``, ``*_score``, ``*_iou``, ``review_*``, ``plate_check_below``)
+        in [0, 1]; :data:`POSITIVE_FIELDS` above 0; every other number >= 0 (a negative
+        margin would shrink every blurred box); turns in multiples of 90 degrees; JPEG quality
+        1-100."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            values = value if isinstance(value, tuple) else (value,)
+            if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                     for v in values):
+                continue   # names, modes, switches
+            name = f.name
+            unit = (name.endswith(("_threshold", "_score", "_iou", "_below"))
+                    or name.startswith("review_"))
+            low, high = (1, 100) if name == "jpeg_quality" else (0, 1 if unit else float("inf"))
+            bad = [v for v in values if not low <= v <= high
+                   or (name in POSITIVE_FIELDS and v <= 0)
+                   or (name == "face_rotations" and v % 90)]
+            if bad:
+                want = ("multiples of 90 degrees" if name == "face_rotations" and low <= bad[0]
+                        else f"from {low} to {high}" if high != float("inf")
+                        else "above 0" if name in POSITIVE_FIELDS else ">= 0")
+                raise ValueError(f"--{name} {bad[0]}: expected {want}")
 
     def per_model_names(self) -> dict[str, str]:
         """``{model name: the first of PER_MODEL_FIELDS naming it}`` over those fields' entries.

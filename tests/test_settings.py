@@ -38,3 +38,34 @@ def test_unknown_model_in_an_entry_stops_the_run():
         user_models.check_start(Settings(zoom_thresholds=("centreface=0.3",)), None, load=False)
     user_models.check_start(Settings(model_scales=("yunet=0", "centerface=1/0.5")), None,
                             load=False)
+
+
+def test_every_preset_is_in_range():
+    for name in PRESETS:
+        preset(name).check_values()
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"blur_margin_fraction": -1.0}, "--blur_margin_fraction -1.0: expected >= 0"),  # shrinks boxes
+    ({"blur_strength": 0.0}, "--blur_strength 0.0: expected above 0"),              # no blur
+    ({"face_threshold": 1.5}, "--face_threshold 1.5: expected from 0 to 1"),
+    ({"review_max_fraction": 2.0}, "--review_max_fraction 2.0: expected from 0 to 1"),
+    ({"vehicle_crop_sizes": (160, 0)}, "--vehicle_crop_sizes 0: expected above 0"),
+    ({"face_rotations": (180, 45)}, "--face_rotations 45: expected multiples of 90"),
+    ({"jpeg_quality": 0}, "--jpeg_quality 0: expected from 1 to 100"),
+])
+def test_values_out_of_range_are_refused(changes, message):
+    with pytest.raises(ValueError, match=message):
+        Settings(**changes).check_values()
+
+
+def test_look_models_and_stage1_classes_must_exist():
+    for field in user_models.LOOK_FIELDS:
+        with pytest.raises(models.ModelError, match=f"--{field}: unknown model 'centreface'"):
+            user_models.check_start(Settings(**{field: ("centreface",)}), None, load=False)
+    with pytest.raises(models.ModelError, match="nanodet-g-coco has no class 'carr'"):
+        user_models.check_start(Settings(stage1_classes=("carr", "person")), None, load=False)
+    # a known model that this run does not use makes no look: allowed (presets share lists)
+    user_models.check_start(Settings(zoom_models=("yunet",)), None, load=False)
+    user_models.check_start(Settings(stage1_model=None, stage1_classes=("carr",)), None,
+                            load=False)

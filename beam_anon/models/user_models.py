@@ -25,6 +25,8 @@ from beam_anon.models.derived import sha256_file
 from beam_anon.detectors.user_spec import SpecError, parse
 
 STAGED = "user"
+#: settings listing the models that make a kind of look (a name not run makes none)
+LOOK_FIELDS = ("region_models", "zoom_models", "face_rotation_models")
 ROLE_FIELDS = (("stage1", "stage1_model"), ("face", "face_models"), ("plate", "plate_models"),
                ("plate_check", "plate_check_model"))
 
@@ -204,15 +206,24 @@ def check_start(settings, models_dir: str | None, load: bool = True) -> None:
             if info["role"] != role:
                 raise models.ModelError(f"model {name!r} is a {info['role']} model, named in "
                                         f"--{field}")
-    try:   # a typo in a per-model entry would silently change nothing
+    try:   # a typo in a per-model entry or a look's model list would silently change nothing
         named = settings.per_model_names()
     except ValueError as e:
         raise models.ModelError(str(e)) from None
+    for field in LOOK_FIELDS:
+        for name in getattr(settings, field):
+            named.setdefault(name, field)
     for name, field in sorted(named.items()):
         try:
             models.model_info(name)
         except models.ModelError as e:
             raise models.ModelError(f"--{field}: {e}") from None
+    if settings.stage1_model:
+        known = set(models.model_info(settings.stage1_model).get("classes") or ())
+        unknown = [c for c in settings.stage1_classes if known and c not in known]
+        if unknown:
+            raise models.ModelError(f"--stage1_classes: {settings.stage1_model} has no class "
+                                    f"{', '.join(map(repr, unknown))}")
     used = set(settings.model_names())
     for entry in entries(settings):
         if entry["name"] not in used or not load:

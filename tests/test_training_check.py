@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.test_training import toy_set
+from tests.trainsets import toy_set
 
 
 def test_check_examples_follow_the_labels():

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tests.test_training import toy_set
+from tests.trainsets import toy_set
 
 pytest.importorskip("torch")
 

@@ -210,8 +210,8 @@ class Settings:
                 else:
                     ok = len(numbers) == 1 and 0 <= numbers[0] <= 1
                 if not ok:
-                    want = ("name=scale or name=s1/s2 (scales >= 0)" if field_name == "model_scales"
-                            else "name=score (0-1)")
+                    want = ("name=scale or name=s1/s2 (scales >= 0)"
+                            if field_name == "model_scales" else "name=score (0-1)")
                     raise ValueError(f"--{field_name} {entry!r}: expected {want}")
                 names.setdefault(name, field_name)
         return names

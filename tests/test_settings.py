@@ -46,7 +46,7 @@ def test_every_preset_is_in_range():
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"blur_margin_fraction": -1.0}, "--blur_margin_fraction -1.0: expected >= 0"),  # shrinks boxes
+    ({"blur_margin_fraction": -1.0}, "--blur_margin_fraction -1.0: expected >= 0"),  # shrinks
     ({"blur_strength": 0.0}, "--blur_strength 0.0: expected above 0"),              # no blur
     ({"face_threshold": 1.5}, "--face_threshold 1.5: expected from 0 to 1"),
     ({"review_max_fraction": 2.0}, "--review_max_fraction 2.0: expected from 0 to 1"),

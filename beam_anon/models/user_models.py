@@ -189,24 +189,13 @@ def probe_image(width: int = 320, height: int = 240) -> np.ndarray:
                     axis=2).astype(np.uint8)
 
 
-def check_start(settings, models_dir: str | None, load: bool = True) -> None:
-    """Refuse at start what would fail every image or silently do nothing: a named model nobody
-    knows (in a role or in a per-model entry such as ``--model_thresholds``), a malformed
-    per-model entry, a model in the wrong role, a spec model whose files, signature or outputs
-    do not work (it is loaded and run on :func:`probe_image` when ``load``). Raises
-    ``models.ModelError``."""
-    names = [e["name"] for e in entries(settings)]
-    if len(set(names)) != len(names):
-        raise models.ModelError(f"two --model_spec files name one model: {sorted(names)}")
-    register_all(settings)
-    for role, field in ROLE_FIELDS:
-        names = getattr(settings, field)
-        for name in ([names] if isinstance(names, str) else names or ()):
-            info = models.model_info(name)
-            if info["role"] != role:
-                raise models.ModelError(f"model {name!r} is a {info['role']} model, named in "
-                                        f"--{field}")
-    try:   # a typo in a per-model entry or a look's model list would silently change nothing
+def check_mentions(settings) -> None:
+    """Models and classes a run only mentions must exist, or the setting would silently change
+    nothing: the names in per-model entries (``Settings.per_model_names``, also checked for
+    their form) and in :data:`LOOK_FIELDS`, and the stage-1 classes (against the stage-1
+    model's classes, where the registry lists them). Raises ``models.ModelError`` naming the
+    option."""
+    try:
         named = settings.per_model_names()
     except ValueError as e:
         raise models.ModelError(str(e)) from None
@@ -224,6 +213,25 @@ def check_start(settings, models_dir: str | None, load: bool = True) -> None:
         if unknown:
             raise models.ModelError(f"--stage1_classes: {settings.stage1_model} has no class "
                                     f"{', '.join(map(repr, unknown))}")
+
+
+def check_start(settings, models_dir: str | None, load: bool = True) -> None:
+    """Refuse at start what would fail every image or silently do nothing: a named model nobody
+    knows, a model in the wrong role, a mentioned model or class that does not exist
+    (:func:`check_mentions`), a spec model whose files, signature or outputs do not work (it is
+    loaded and run on :func:`probe_image` when ``load``). Raises ``models.ModelError``."""
+    names = [e["name"] for e in entries(settings)]
+    if len(set(names)) != len(names):
+        raise models.ModelError(f"two --model_spec files name one model: {sorted(names)}")
+    register_all(settings)
+    for role, field in ROLE_FIELDS:
+        names = getattr(settings, field)
+        for name in ([names] if isinstance(names, str) else names or ()):
+            info = models.model_info(name)
+            if info["role"] != role:
+                raise models.ModelError(f"model {name!r} is a {info['role']} model, named in "
+                                        f"--{field}")
+    check_mentions(settings)
     used = set(settings.model_names())
     for entry in entries(settings):
         if entry["name"] not in used or not load:

@@ -3,7 +3,8 @@
 For each image (all boxes xyxy pixels, sizes in pixels, scores 0-1), per role (face, plate):
 
 1. **Cheap looks**, every model of the role:
-   * the full frame at ``<role>_full_frame_scales`` (default 1x) (:func:`full_frame_looks`);
+   * the full frame at ``<role>_full_frame_scales`` (default 1x), or at the model's own
+     ``model_scales`` entry (RetinaFace: 0.5x, for large faces) (:func:`full_frame_looks`);
      faces also on the image turned by ``face_rotations`` at ``face_rotation_scale`` (models in
      ``face_rotation_models``). The models in ``region_models`` also make these looks:
    * plates: the **overview**, the whole image shrunk to ``overview_size`` pixels (long side),

@@ -17,6 +17,9 @@ POSITIVE_FIELDS = ("face_full_frame_scales", "plate_full_frame_scales", "face_ro
                    "full_frame_tile", "full_frame_max_side", "blur_strength", "max_pixels",
                    "detect_max_pixels")
 
+#: fields listing the models that make a kind of look (a model the run does not use makes none)
+LOOK_FIELDS = ("region_models", "zoom_models", "face_rotation_models")
+
 #: fields of ``"name=value"`` entries, one per model: scores in [0, 1], except ``model_scales``
 #: (``name=s1/s2``, scales >= 0)
 PER_MODEL_FIELDS = ("model_thresholds", "zoom_thresholds", "agree_thresholds", "model_scales")
@@ -135,13 +138,19 @@ class Settings:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
     @staticmethod
-    def _per_model(entries: tuple[str, ...], model: str) -> float | None:
-        """Value of ``model`` in ``"name=value"`` entries, or None."""
+    def _entry(entries: tuple[str, ...], model: str) -> str | None:
+        """The value text of ``model`` in ``"name=value"`` entries, or None."""
         for entry in entries:
             name, _, value = entry.partition("=")
             if name.strip() == model:
-                return float(value)
+                return value.strip()
         return None
+
+    @staticmethod
+    def _per_model(entries: tuple[str, ...], model: str) -> float | None:
+        """Value of ``model`` in ``"name=value"`` entries, or None."""
+        value = Settings._entry(entries, model)
+        return None if value is None else float(value)
 
     def threshold(self, model: str, role: str) -> float:
         """Minimum score for ``model`` (registry name) in ``role`` (``face`` | ``plate``)."""
@@ -161,11 +170,9 @@ class Settings:
         entry (``name=s1/s2``; 0 or nothing: none), else the role's; empty when off."""
         if not self.full_frame:
             return ()
-        for entry in self.model_scales:
-            name, _, value = entry.partition("=")
-            if name.strip() == model:
-                return tuple(s for s in (float(v) for v in value.split("/") if v.strip())
-                             if s > 0)
+        own = self._entry(self.model_scales, model)
+        if own is not None:
+            return tuple(s for s in (float(v) for v in own.split("/") if v.strip()) if s > 0)
         return self.face_full_frame_scales if role == "face" else self.plate_full_frame_scales
 
     def check_values(self) -> None:
@@ -187,11 +194,16 @@ class Settings:
             bad = [v for v in values if not low <= v <= high
                    or (name in POSITIVE_FIELDS and v <= 0)
                    or (name == "face_rotations" and v % 90)]
-            if bad:
-                want = ("multiples of 90 degrees" if name == "face_rotations" and low <= bad[0]
-                        else f"from {low} to {high}" if high != float("inf")
-                        else "above 0" if name in POSITIVE_FIELDS else ">= 0")
-                raise ValueError(f"--{name} {bad[0]}: expected {want}")
+            if not bad:
+                continue
+            v = bad[0]
+            if name in POSITIVE_FIELDS and v <= 0:
+                want = "above 0"
+            elif not low <= v <= high:
+                want = ">= 0" if high == float("inf") else f"from {low} to {high}"
+            else:
+                want = "multiples of 90 degrees"
+            raise ValueError(f"--{name} {v}: expected {want}")
 
     def per_model_names(self) -> dict[str, str]:
         """``{model name: the first of PER_MODEL_FIELDS naming it}`` over those fields' entries.

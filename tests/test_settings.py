@@ -7,7 +7,7 @@ import pytest
 from beam_anon import models
 from beam_anon.detection.presets import PRESETS, preset
 from beam_anon.models import user_models
-from beam_anon.settings import Settings
+from beam_anon.settings import LOOK_FIELDS, Settings
 
 
 def test_per_model_names_and_their_option():
@@ -60,7 +60,7 @@ def test_values_out_of_range_are_refused(changes, message):
 
 
 def test_look_models_and_stage1_classes_must_exist():
-    for field in user_models.LOOK_FIELDS:
+    for field in LOOK_FIELDS:
         with pytest.raises(models.ModelError, match=f"--{field}: unknown model 'centreface'"):
             user_models.check_start(Settings(**{field: ("centreface",)}), None, load=False)
     with pytest.raises(models.ModelError, match="nanodet-g-coco has no class 'carr'"):

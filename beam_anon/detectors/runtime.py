@@ -44,12 +44,15 @@ def providers(device: str = "auto") -> list[str]:
 def session(model, device: str = "auto"):
     """An onnxruntime session for ``model`` (a path or serialized bytes): full graph
     optimisation, intra-op threads from :func:`threads`, no busy-waiting between operators (a
-    spinning thread burns the core another worker needs)."""
+    spinning thread burns the core another worker needs), and no memory pattern: onnxruntime
+    plans one block per input shape on a shape's second run, and the plan's inputs vary by image
+    (sizes, packed crop canvases), so the plans cost more than they save (docs/performance.md)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads()
     options.inter_op_num_threads = 1
+    options.enable_mem_pattern = False
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3

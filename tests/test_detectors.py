@@ -115,3 +115,21 @@ def test_detect_batch_matches_detect(samples, name):
     for one, batch in zip([det.detect(i, 0.3) for i in images], det.detect_batch(images, 0.3)):
         np.testing.assert_allclose(one.xyxy, batch.xyxy, atol=0.5)
         assert list(one.labels) == list(batch.labels)
+
+
+@pytest.mark.parametrize("name", models.detector_names())
+def test_threads_share_a_detector(samples, name):
+    """The CLI's local runs share one detector between worker threads (``cli.local_defaults``):
+    four threads calling it at once give exactly the boxes of calls one after another."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from beam_anon.settings import Settings
+
+    det = models.get_detector(name, precision=Settings().precision)
+    images = [samples[k] for k in sorted(samples)] * 3
+    alone = [det.detect(i, 0.2) for i in images]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda i: det.detect(i, 0.2), images))
+    for a, b in zip(alone, together):
+        assert np.array_equal(a.xyxy, b.xyxy) and np.array_equal(a.scores, b.scores)
+    assert sum(len(a) for a in alone) > 0

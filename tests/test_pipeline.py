@@ -233,6 +233,23 @@ def test_a_directory_input_means_every_file_under_it(tree, tmp_path):
         _run(["--input", str(tree), "--output", str(tree / "anon")])
 
 
+@pytest.mark.parametrize("argv, cores, expected", [
+    ([], 2, ("FnApiRunner", 2, "multi_threading")),        # one worker thread per core
+    ([], 1, ("FnApiRunner", 1, "in_memory")),              # Beam's own defaults
+    (["--direct_num_workers=1"], 2, ("FnApiRunner", 1, "in_memory")),
+    (["--runner=DataflowRunner"], 2, ("DataflowRunner", 1, "in_memory")),
+])
+def test_local_default_is_a_worker_thread_per_core(monkeypatch, argv, cores, expected):
+    from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions,
+                                                      StandardOptions)
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    options = PipelineOptions(argv)
+    cli.local_defaults(options, argv)
+    direct = options.view_as(DirectOptions)
+    assert (options.view_as(StandardOptions).runner, direct.direct_num_workers,
+            direct.direct_running_mode) == expected
+
+
 def test_empty_match_is_an_error_in_the_transform(tmp_path):
     with pytest.raises(Exception, match="Empty match"):
         with beam.Pipeline("FnApiRunner") as p:

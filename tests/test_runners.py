@@ -112,3 +112,18 @@ def test_portable_runner_with_external_worker_pool_equals_in_process(small_sampl
             assert all(abs(a[k] - b[k]) < 1e-3 for k in ("score", "x0", "y0", "x1", "y1"))
         assert portable[key][2] == data, f"{key}: output bytes differ"
     assert sum(len(boxes) for _, boxes, _ in local.values()) > 0  # the models did find things
+
+
+@pytest.mark.models
+def test_local_default_worker_threads_equal_in_process(small_samples, tmp_path):
+    """No --runner: the CLI's default local run (a worker thread per core sharing one set of
+    models, ``cli.local_defaults``) writes what the single in-process run writes."""
+    common = ["--input", f"{small_samples}/*", "--quiet"]
+    _run_cli(common + ["--output", str(tmp_path / "threads")], timeout=600)
+    _run_cli(common + ["--output", str(tmp_path / "one"), "--runner=FnApiRunner"], timeout=600)
+    threads, one = _results(tmp_path / "threads"), _results(tmp_path / "one")
+    assert set(threads) == set(one) == {p.name for p in small_samples.iterdir()}
+    for key, (record, boxes, data) in one.items():
+        assert record["status"] == "ok", record["error"]
+        assert threads[key] == (record, boxes, data), f"{key}: differs"
+    assert sum(len(boxes) for _, boxes, _ in one.values()) > 0

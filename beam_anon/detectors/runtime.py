@@ -20,8 +20,9 @@ DEVICES = ("auto", "cpu", "cuda")
 
 def threads() -> int:
     """Threads per model from ``$BEAM_ANON_THREADS``: default 1, since Beam scales out with one
-    worker process per core (Dataflow, ``--direct_num_workers``) and more threads per process
-    then only contend; 0 = the runtime's default (all cores), for one process on a whole machine."""
+    worker per core (the CLI's local worker threads, Dataflow's worker processes) and more
+    threads per model then only contend; 0 = the runtime's default (all cores), for one worker
+    on a whole machine."""
     return int(os.environ.get("BEAM_ANON_THREADS") or 1)
 
 

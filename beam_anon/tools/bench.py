@@ -20,7 +20,7 @@ Image sets (``--images`` replaces them):
   processes, model loading; deface's imports and model loading) shows on its own.
 
 Every pipeline run is a fresh ``python -m beam_anon.cli --preset P`` process with the CLI's
-local default (FnApiRunner, one worker process per core), start-up and model loading included.
+local default (FnApiRunner, one worker thread per core), start-up and model loading included.
 The peer is the real ``deface`` 1.5.0 CLI (``beam_anon.tools.peer``) with both backends on the same
 images; the faster one counts. Printed, medians over ``--repeat`` runs: images/s, CPU seconds per
 image, the ratio to the peer, wall seconds, and per preset the median per-image time of each

@@ -131,7 +131,7 @@ def _pipeline_run(src: str, workers: int, every: int, frames: int,
                f"--video_detect_every={every}", "--video_segment_frames",
                str(-(-frames // workers) if workers > 1 else 0)]
         if workers > 1:
-            cmd.append("--direct_running_mode=multi_processing")
+            cmd.append("--direct_running_mode=multi_threading")  # as the CLI's default
         t, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         seconds, after = time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -118,6 +118,9 @@ SETTINGS_HELP = {
               "(true/false)",
     "verify_threshold": "verification hit: a detection on the blurred image scoring at least "
                         "this (and at least the model's own threshold), 0-1",
+    "verify_thresholds": "per-model verification hit scores instead of --verify_threshold, "
+                         "\"name=score\" entries (beamplate's scores on plain plates stay "
+                         "under 0.6)",
     "verify_rounds": "re-blur rounds (blur strength doubles each round); still detected after "
                      "the last round -> the record needs review",
     "verify_full_frame": "the verification pass also re-checks the whole image (true/false)",

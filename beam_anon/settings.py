@@ -22,7 +22,8 @@ LOOK_FIELDS = ("region_models", "zoom_models", "face_rotation_models")
 
 #: fields of ``"name=value"`` entries, one per model: scores in [0, 1], except ``model_scales``
 #: (``name=s1/s2``, scales >= 0)
-PER_MODEL_FIELDS = ("model_thresholds", "zoom_thresholds", "agree_thresholds", "model_scales")
+PER_MODEL_FIELDS = ("model_thresholds", "zoom_thresholds", "agree_thresholds", "model_scales",
+                    "verify_thresholds")
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,9 @@ class Settings:
     # verification pass and review queue (beam_anon.detection.verify)
     verify: bool = True                    # re-detect on the blurred output, blur what survives
     verify_threshold: float = 0.6          # verification hit: score >= max(this, model threshold)
+    # ... per model instead: beamplate scores a plain, unblurred plate 0.41-0.57 on the
+    # re-check crops (0.6 never), a blurred one up to 0.40 (docs/verification.md)
+    verify_thresholds: tuple[str, ...] = ("beamplate=0.45",)
     verify_rounds: int = 2                 # re-blur rounds (strength doubles each) before review
     verify_full_frame: bool = False        # also re-check full-frame tiles, not only blurred boxes
     review_band: float = 0.1               # detections in [threshold - band, threshold): review
@@ -164,6 +168,12 @@ class Settings:
         entry, else :meth:`threshold` (a second look at a larger scale may accept lower)."""
         value = self._per_model(self.zoom_thresholds, model)
         return self.threshold(model, role) if value is None else value
+
+    def verify_hit(self, model: str, role: str) -> float:
+        """Minimum score of a verification hit of ``model``: its ``verify_thresholds`` entry,
+        else ``verify_threshold``; at least :meth:`threshold`."""
+        value = self._per_model(self.verify_thresholds, model)
+        return max(self.verify_threshold if value is None else value, self.threshold(model, role))
 
     def full_frame_scales(self, role: str, model: str = "") -> tuple[float, ...]:
         """Scales of the full-frame passes of ``model`` in ``role``: its ``model_scales``

@@ -14,7 +14,8 @@ def test_per_model_names_and_their_option():
     s = Settings(model_thresholds=("centerface=0.3",), zoom_thresholds=(" yunet = 0.5",),
                  agree_thresholds=("centerface=0.1",), model_scales=("retinaface-mnv2=0.5/1",))
     assert s.per_model_names() == {"centerface": "model_thresholds", "yunet": "zoom_thresholds",
-                                   "retinaface-mnv2": "model_scales"}
+                                   "retinaface-mnv2": "model_scales",
+                                   "beamplate": "verify_thresholds"}   # the default's entry
     for name in PRESETS:   # every preset's own entries name real models
         assert set(preset(name).per_model_names()) <= set(models.model_names()), name
 
@@ -25,6 +26,7 @@ def test_per_model_names_and_their_option():
     ({"zoom_thresholds": ("=0.4",)}, "--zoom_thresholds '=0.4': expected"),
     ({"model_scales": ("yunet=abc",)}, "--model_scales 'yunet=abc': expected name=scale"),
     ({"model_scales": ("yunet=-1",)}, "--model_scales 'yunet=-1': expected"),
+    ({"verify_thresholds": ("beamplate=1.5",)}, "--verify_thresholds 'beamplate=1.5': expected"),
 ])
 def test_malformed_entries_are_refused(changes, message):
     with pytest.raises(ValueError, match=message):
@@ -69,3 +71,10 @@ def test_look_models_and_stage1_classes_must_exist():
     user_models.check_start(Settings(zoom_models=("yunet",)), None, load=False)
     user_models.check_start(Settings(stage1_model=None, stage1_classes=("carr",)), None,
                             load=False)
+
+
+def test_verification_hit_score_per_model():
+    s = Settings()
+    assert s.verify_hit("centerface", "face") == 0.6            # verify_threshold
+    assert s.verify_hit("beamplate", "plate") == 0.45           # its own entry
+    assert Settings(verify_thresholds=("beamplate=0.1",)).verify_hit("beamplate", "plate") == 0.15

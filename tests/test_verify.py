@@ -157,3 +157,24 @@ def test_real_detectors_catch_a_near_zero_blur(faces):
     reasons = (normal.review or {}).get("reasons", [])
     assert verify.VERIFY_SURVIVED not in reasons and verify.VERIFY_REBLURRED not in reasons
     assert len(normal.boxes) >= 2
+
+
+@pytest.mark.models
+def test_real_plate_detector_catches_a_near_zero_blur(sample_paths):
+    """beamplate's scores on plain plates stay under the default 0.6: its own verification
+    score (``verify_thresholds``) lets the plate re-check find a plate the blur left readable,
+    and still passes the default blur."""
+    from beam_anon import models
+    image = cv2.imread(next(p for p in sample_paths if "alpr-test" in p))
+    settings = Settings(stage1_model=None, face_models=(), plate_models=("beamplate",),
+                        region_models=(), zoom_models=(), plate_check_model=None)
+    dets = {"beamplate": models.get_detector("beamplate", precision=settings.precision)}
+    weak = Anonymizer(settings.replace(blur_strength=0.001), dets).run(image)
+    assert len(weak.boxes.with_label("plate")) >= 2
+    survived = [b for b in weak.review["boxes"] if b["reason"] == verify.VERIFY_SURVIVED]
+    assert {b["label"] for b in survived} == {"plate"}
+    assert all(b["score"] >= settings.verify_hit("beamplate", "plate") for b in survived)
+
+    normal = Anonymizer(settings, dets).run(image)
+    reasons = (normal.review or {}).get("reasons", [])
+    assert verify.VERIFY_SURVIVED not in reasons and verify.VERIFY_REBLURRED not in reasons

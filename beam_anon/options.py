@@ -128,6 +128,9 @@ SETTINGS_HELP = {
                    "threshold are not blurred but are review candidates (0 = off)",
     "review_just_below": "a review candidate this close to its threshold is queued even when "
                          "only one look saw it (others need two looks: models or scales)",
+    "review_plate_check": "a plate candidate just below its threshold is queued for review only "
+                          "when the plate check (--plate_check_model) scores it at least this, "
+                          "0-1 (0 = every such candidate seen by two looks, as without a check)",
     "review_max_fraction": "fill OUTPUT/review.jsonl with the next riskiest images up to this "
                            "share of all images (0: only the queued ones: failures, survivors "
                            "of verification, qualified near-threshold detections)",

@@ -124,6 +124,8 @@ class Settings:
     review_band: float = 0.1               # detections in [threshold - band, threshold): review
     review_just_below: float = 0.005       # ... queued alone when this close (beam_anon.detection.review)
     review_max_fraction: float = 0.0       # fill the queue with lower risks up to this share
+    review_plate_check: float = 0.5        # a plate near miss is queued only if the plate check
+                                           # scores it this much (0: no check; docs/verification.md)
     # output
     jpeg_mode: str = "lossless"           # lossless | reencode (beam_anon.media.jpeg_output)
     jpeg_quality: int = 95                 # re-encoded JPEGs only

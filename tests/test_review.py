@@ -59,6 +59,30 @@ def test_near_threshold_needs_two_signals_or_a_score_just_below():
     assert one["queued"] is False and one["reasons"] == [review.NEAR_THRESHOLD]
 
 
+def test_plate_candidates_need_the_plate_check_to_be_queued():
+    s = Settings(plate_threshold=0.15, review_band=0.1)
+    two_looks = {"beamplate:full_frame", "beamplate:vehicle"}
+    near = dets([[0, 0, 30, 10], [50, 0, 80, 10], [100, 0, 130, 10], [0, 50, 20, 70]],
+                np.array([0.1, 0.1, 0.1, 0.45], np.float32), ["plate"] * 3 + ["face"],
+                [two_looks, two_looks, {"beamplate:full_frame"}, two_looks])
+    asked = []
+
+    def check(xyxy):   # a plate check that likes the first box only
+        asked.append(xyxy.copy())
+        return np.where(xyxy[:, 0] == 0, 0.9, 0.1).astype(np.float32)
+
+    entries = review.near_entries(near, s, plate_check=check)
+    assert [e["queued"] for e in entries] == [True, False, False, True]
+    assert entries[0]["check"] == 0.9 and entries[1]["check"] == 0.1
+    assert "check" not in entries[2] and "check" not in entries[3]   # one look; a face
+    assert len(asked) == 1 and len(asked[0]) == 2     # asked once, only what would be queued
+    stricter = review.near_entries(near, s.replace(review_plate_check=0.95), plate_check=check)
+    assert not any(e["queued"] for e in stricter[:3])
+    assert [e["queued"] for e in review.near_entries(near, s)] == [True, True, False, True]
+    item = {"reasons": [review.NEAR_THRESHOLD], "boxes": [entries[0]]}
+    assert "plate check 0.90" in review.why(item)
+
+
 def test_plate_candidates_on_a_car_whose_plate_was_blurred_are_not_queued():
     cars = dets([[0, 0, 100, 60], [200, 0, 300, 60]], [0.9, 0.9], ["car", "car"])
     blurred = dets([[40, 40, 60, 50]], [0.8], ["plate"])          # the first car's plate

@@ -142,6 +142,21 @@ class Anonymizer:
         refused[asked] = probs < self.settings.plate_check_threshold
         return plates[~refused]
 
+    def near_plate_check(self, image: np.ndarray, cost: looks.Cost | None = None):
+        """``(K, 4) plate boxes -> (K,)`` the plate check's probabilities that they hold a plate,
+        on ``image`` (the original), for the review queue (``beam_anon.detection.review``);
+        None when the run has no plate check or ``review_plate_check`` is 0."""
+        if not self.plate_check or not self.settings.review_plate_check:
+            return None
+
+        def scores(xyxy: np.ndarray) -> np.ndarray:
+            t = time.perf_counter()
+            probs = self.plate_check.scores(image, xyxy)
+            if cost is not None:
+                cost.add(self.settings.plate_check_model, 0, time.perf_counter() - t)
+            return probs
+        return scores
+
     def detect(self, image: np.ndarray) -> tuple[Detections, DebugInfo, dict[str, float],
                                                  looks.Cost]:
         """Faces and plates in ``image`` (fused, before the blur margin), with debug, timings
@@ -194,7 +209,7 @@ class Anonymizer:
         timings["blur"] = time.perf_counter() - t
         out, blurred_boxes, review = verify.check(
             self, out, blurred_boxes, debug.near_misses, timings, cost,
-            debug.stage1.with_label(*plan.VEHICLES))
+            debug.stage1.with_label(*plan.VEHICLES), original=image)
         return AnonymizeResult(out, blurred_boxes, debug if keep_debug else None, timings,
                                review, cost)
 

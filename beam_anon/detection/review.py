@@ -11,7 +11,10 @@ holds the queued ones, riskiest first (:func:`select`). Reasons and their risk (
   ``review_just_below`` of the threshold; risk grows with its score and its signals. A plate
   candidate on a stage-1 vehicle that already has a confidently found plate (score >=
   :data:`PLATED_MIN_SCORE`) is listed but not queued (``on_plated_vehicle``): a car's badge,
-  lamp or grille beside its plate;
+  lamp or grille beside its plate. With a plate check (``plate_check_model``), a plate candidate
+  is queued only when the check scores it at least ``review_plate_check`` (its ``check`` in
+  the record): beamplate leaves a dozen candidates on nearly every street photo, lamps,
+  badges and lettering the check tells from plates;
 * ``verify_reblurred`` (0.2): verification found something and blurred it again: fixed, so only
   listed when ``review_max_fraction`` asks for more.
 
@@ -21,6 +24,8 @@ lists every queued box but at most :data:`MAX_UNQUEUED_LISTED` others (the riski
 model can leave hundreds just below its threshold), with ``unlisted``: how many it left out.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import numpy as np
 
@@ -57,10 +62,12 @@ def plated_vehicles(vehicles: Detections, blurred: Detections) -> np.ndarray:
     return vehicles.xyxy[centres_inside(plates, vehicles.xyxy).any(axis=0)].reshape(-1, 4)
 
 
-def near_entries(near: Detections, settings, plated: np.ndarray | None = None) -> list[dict]:
+def near_entries(near: Detections, settings, plated: np.ndarray | None = None,
+                 plate_check: Callable[[np.ndarray], np.ndarray] | None = None) -> list[dict]:
     """Box records of near-threshold detections with ``reason``, ``signals`` (distinct looks
     that saw it), ``risk`` and ``queued`` (see the module doc); ``plated``: (M, 4) vehicle
-    boxes that already have a blurred plate."""
+    boxes that already have a blurred plate; ``plate_check``: (K, 4) plate boxes -> (K,) the
+    plate check's probabilities, asked only about the plate boxes that would be queued."""
     out = []
     on_plated = centres_inside(near.xyxy, plated if plated is not None else []).any(axis=1)
     for i, record in enumerate(near.to_records()):
@@ -76,6 +83,11 @@ def near_entries(near: Detections, settings, plated: np.ndarray | None = None) -
             queued, extra = False, {"on_plated_vehicle": True}
         out.append(dict(record, reason=NEAR_THRESHOLD, signals=signals,
                         risk=round(risk, 3), queued=queued, **extra))
+    asked = [i for i, e in enumerate(out) if e["queued"] and e["label"] == "plate"]
+    if plate_check is not None and asked:
+        for i, p in zip(asked, plate_check(near.xyxy[asked])):
+            out[i]["check"] = round(float(p), 3)
+            out[i]["queued"] = bool(p >= settings.review_plate_check)
     return out
 
 
@@ -98,14 +110,15 @@ def _review(boxes: list[dict], risk: float, queued: bool, reasons: list[str],
 
 
 def entry(near: Detections, survived: Detections | None, fixed: Detections | None,
-          settings, plated: np.ndarray | None = None) -> dict | None:
+          settings, plated: np.ndarray | None = None,
+          plate_check: Callable[[np.ndarray], np.ndarray] | None = None) -> dict | None:
     """The manifest's ``review`` value for one image, or None when nothing needs a look
-    (``plated``: see :func:`near_entries`)."""
+    (``plated``, ``plate_check``: see :func:`near_entries`)."""
     boxes = [dict(r, reason=VERIFY_SURVIVED, risk=RISK[VERIFY_SURVIVED], queued=True)
              for r in (survived.to_records() if survived is not None else [])]
     boxes += [dict(r, reason=VERIFY_REBLURRED, risk=RISK[VERIFY_REBLURRED], queued=False)
               for r in (fixed.to_records() if fixed is not None else [])]
-    boxes += near_entries(near, settings, plated)
+    boxes += near_entries(near, settings, plated, plate_check)
     if not boxes:
         return None
     boxes.sort(key=lambda b: -b["risk"])
@@ -134,9 +147,10 @@ def why(item: dict) -> str:
             text += f" ({item['error']})"
         if reason == NEAR_THRESHOLD and boxes:
             b = boxes[0]
+            check = f", plate check {b['check']:.2f}" if "check" in b else ""
             text = (f"a {b['label']} scored {b['score']:.2f}, just below its threshold, seen by "
-                    f"{b.get('signals', 1)} look(s) ({', '.join(b.get('models', [])) or '?'}); "
-                    "not blurred")
+                    f"{b.get('signals', 1)} look(s) ({', '.join(b.get('models', [])) or '?'})"
+                    f"{check}; not blurred")
         parts.append(text)
     return "; ".join(parts)
 

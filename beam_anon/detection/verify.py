@@ -129,11 +129,13 @@ def verify_blur(anonymizer, image: np.ndarray, boxes: Detections,
 
 
 def check(anonymizer, image: np.ndarray, boxes: Detections, near_misses: Detections,
-          timings: dict, cost: looks.Cost | None = None,
-          vehicles: Detections | None = None) -> tuple[np.ndarray, Detections, dict | None]:
+          timings: dict, cost: looks.Cost | None = None, vehicles: Detections | None = None,
+          original: np.ndarray | None = None) -> tuple[np.ndarray, Detections, dict | None]:
     """What ``Anonymizer.run`` calls after blurring: the verification pass when
     ``settings.verify`` (time in ``timings["verify"]``) and the review entry (``vehicles``:
-    stage 1's, for :func:`beam_anon.detection.review.plated_vehicles`).
+    stage 1's, for :func:`beam_anon.detection.review.plated_vehicles`; ``original``: the image
+    before the blur, where the plate check looks at plate near misses,
+    ``Anonymizer.near_plate_check``).
     Returns ``(final image, final blurred boxes, review entry or None)``."""
     verified = None
     if anonymizer.settings.verify:
@@ -144,6 +146,8 @@ def check(anonymizer, image: np.ndarray, boxes: Detections, near_misses: Detecti
     near = review.unblurred(near_misses, boxes)
     plated = review.plated_vehicles(vehicles if vehicles is not None else Detections.empty(),
                                     boxes)
+    plate_check = (anonymizer.near_plate_check(original, cost) if original is not None
+                   else None)
     return image, boxes, review.entry(near, verified.survived if verified else None,
                                       verified.fixed if verified else None, anonymizer.settings,
-                                      plated)
+                                      plated, plate_check)

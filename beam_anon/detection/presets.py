@@ -48,10 +48,10 @@ PRESETS: dict[str, dict] = {
 #: each preset's measured devset recall and cost (docs/accuracy.md, docs/performance.md), for --help
 PRESET_MEASURED: dict[str, str] = {
     "fast": "devset faces 0.966 (under 16 px 0.948), plates 1.000, street plates 0.969 (under "
-            "16 px 0.962), 6.8 false boxes/image, 21-23 percent of the image blurred; 0.8x "
+            "16 px 0.962), 6.8 false boxes/image, 21-23 percent of the image blurred; 0.98x "
             "deface's images/s on dashcam frames",
     "balanced": "devset faces 0.979 (0.963), plates 1.000, street plates 0.996 (under 16 px "
-                "0.987), 7.1 false boxes/image, 17-19 percent of the image blurred; 0.5x "
+                "0.987), 7.1 false boxes/image, 17-19 percent of the image blurred; 0.70x "
                 "deface's images/s on dashcam frames",
     "thorough": "devset faces 0.991 (0.981), plates 1.000, street plates 1.000, 13.9 false "
                 "boxes/image, 30-31 percent blurred; about 2 s per image",

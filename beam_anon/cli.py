@@ -285,8 +285,16 @@ def main(argv: list[str] | None = None, anonymizer_factory=None):
 def command() -> int:
     """The ``beam-anon`` console command: exit status 0 when the run finished (or was handed to
     a runner that does not wait, e.g. Dataflow), 1 when it failed or was cancelled; bad options
-    and start checks exit 2 / with their message (``SystemExit``)."""
-    state = str(getattr(main(), "state", "") or "")
+    and start checks exit 2 / with their message (``SystemExit``); Ctrl-C 130, saying how to
+    go on."""
+    try:
+        state = str(getattr(main(), "state", "") or "")
+    except KeyboardInterrupt:
+        print("\nbeam_anon: interrupted. Every image finished so far is written with its record; "
+              "run the same command with --skip_existing to go on from there.", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)  # not sys.exit: tearing down the runner's busy worker threads aborts
     return 1 if state.endswith(("FAILED", "CANCELLED")) else 0
 
 

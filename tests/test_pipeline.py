@@ -250,6 +250,19 @@ def test_local_default_is_a_worker_thread_per_core(monkeypatch, argv, cores, exp
             direct.direct_running_mode) == expected
 
 
+def test_ctrl_c_exits_130_and_says_how_to_go_on(monkeypatch, capsys):
+    def interrupted():
+        raise KeyboardInterrupt
+
+    def exit_now(code):
+        raise SystemExit(code)
+    monkeypatch.setattr(cli, "main", interrupted)
+    monkeypatch.setattr(os, "_exit", exit_now)
+    with pytest.raises(SystemExit) as stop:
+        cli.command()
+    assert stop.value.code == 130 and "--skip_existing" in capsys.readouterr().err
+
+
 def test_empty_match_is_an_error_in_the_transform(tmp_path):
     with pytest.raises(Exception, match="Empty match"):
         with beam.Pipeline("FnApiRunner") as p:

@@ -95,3 +95,14 @@ def test_model_times_cover_every_model_and_variant(tmp_path, sample_paths):
     assert {(r["model"], r["variant"]) for r in rows} == want
     assert all(r["ms"] > 0 and r["input_pixels"] > 0 for r in rows)
     assert "int8" in bench.model_report(rows, "f.jpg")
+
+
+def test_breakdown_means_per_step_and_per_image_size():
+    def rec(w, h, faces, plates):
+        return {"status": "ok", "width": w, "height": h, "passes": {"m": 2},
+                "megapixels": {"m": 1.0}, "timings": {"faces": faces, "plates": plates}}
+    records = [rec(1280, 720, 0.070, 0.080)] * 3 + [rec(1920, 1080, 0.230, 0.150)] * 3
+    text = bench.breakdown(records)
+    assert "ms per image (mean): faces=150  plates=115" in text   # not a bimodal median
+    assert "1280x720 (3): faces=70  plates=80" in text and "1920x1080 (3): faces=230" in text
+    assert bench.breakdown(records[:3]).count("x720") == 0          # one size: no size lines

@@ -23,9 +23,10 @@ Every pipeline run is a fresh ``python -m beam_anon.cli --preset P`` process wit
 local default (FnApiRunner, one worker thread per core), start-up and model loading included.
 The peer is the real ``deface`` 1.5.0 CLI (``beam_anon.tools.peer``) with both backends on the same
 images; the faster one counts. Printed, medians over ``--repeat`` runs: images/s, CPU seconds per
-image, the ratio to the peer, wall seconds, and per preset the median per-image time of each
-step, model passes and megapixels (from the manifest; ``encode`` is the lossless JPEG write by
-default, ``--jpeg_mode reencode`` passes through). The floors (decode + q95 re-encode, and
+image, the ratio to the peer, wall seconds, and per preset the mean per-image time of each
+step (per image size too, when the set has several), model passes and megapixels (from the
+manifest; ``encode`` is the lossless JPEG write by default, ``--jpeg_mode reencode`` passes
+through). The floors (decode + q95 re-encode, and
 decode + the lossless write of a box over the centre 10 % of each image, both one process) are
 printed too. When the ``startup`` set ran too, each other set gets a line of images/s *after
 start-up* (:func:`after_startup`: its wall less the startup set's, per configuration), what
@@ -225,18 +226,34 @@ def after_startup(n: int, runs: list[dict], startup_runs: list[dict] | None) -> 
     return (n - 1) / rest if rest > 0 else None
 
 
+def _mean_steps(records: list[dict]) -> str:
+    """``step=ms`` for each step some record timed: the mean over ``records``."""
+    found = [s for s in STAGES if any(s in r["timings"] for r in records)]
+    means = {s: 1000 * statistics.fmean(r["timings"].get(s, 0.0) for r in records) for s in found}
+    return "  ".join(f"{s}={ms:.0f}" for s, ms in means.items())
+
+
 def breakdown(records: list[dict]) -> str:
-    """Median per-image ms of each step, and mean passes and megapixels per image."""
+    """Mean per-image ms of each step (the mean adds up to throughput; a set of two frame
+    sizes has no meaningful median), the same per image size when there are several, and mean
+    passes and megapixels per image."""
     ok = [r for r in records if r["status"] == "ok"]
-    med = {s: _median([r["timings"].get(s) for r in ok]) * 1000 for s in STAGES}
-    steps = "  ".join(f"{s}={med[s]:.0f}" for s in STAGES if med[s] == med[s])
-    passes = sum(sum(r.get("passes", {}).values()) for r in ok) / max(len(ok), 1)
-    mp = sum(sum(r.get("megapixels", {}).values()) for r in ok) / max(len(ok), 1)
+    if not ok:
+        return "    no image done"
+    lines = [f"    ms per image (mean): {_mean_steps(ok)}"]
+    sizes: dict[str, list[dict]] = {}
+    for r in ok:
+        sizes.setdefault(f"{r['width']}x{r['height']}", []).append(r)
+    if len(sizes) > 1:
+        lines += [f"      {size} ({len(rs)}): {_mean_steps(rs)}" for size, rs in sizes.items()]
+    passes = sum(sum(r.get("passes", {}).values()) for r in ok) / len(ok)
+    mp = sum(sum(r.get("megapixels", {}).values()) for r in ok) / len(ok)
     total = {s: sum(r["timings"].get(s, 0) for r in ok) for s in STAGES}
     model = sum(total[s] for s in MODEL_STAGES)
     other = 100 * (sum(total.values()) - model) / max(model, 1e-9)
-    return (f"    ms per image: {steps}\n    {passes:.1f} model passes and {mp:.1f} megapixels "
-            f"per image; everything but the model steps = {other:.1f} % of them")
+    lines.append(f"    {passes:.1f} model passes and {mp:.1f} megapixels per image; everything "
+                 f"but the model steps = {other:.1f} % of them")
+    return "\n".join(lines)
 
 
 def report(results: dict, machine: str) -> str:

@@ -149,7 +149,11 @@ def test_option_turns_it_off_and_a_wrong_role_stops_the_run():
 
     assert settings_from({"plate_check_model": "none"}).plate_check_model is None
     assert settings_from({}).plate_check_model == "beamplate-check"
-    assert settings_from({"preset": "thorough"}).plate_check_model is None
+    thorough = settings_from({"preset": "thorough"})   # blurs every box: the check sees none
+    assert thorough.plate_check_model == "beamplate-check" and thorough.plate_check_below == 0
+    weak = Detections.from_boxes([[0, 0, 40, 20]], np.array([0.2]), "plate").found_by(
+        "beamplate:full_frame")
+    assert not plan.check_asked(weak, thorough, ("beamplate",)).any()
     fast = settings_from({"preset": "fast"})
     assert fast.plate_check_model == "beamplate-check" and fast.plate_check_threshold == 0.01
     with pytest.raises(models.ModelError, match="plate model, named in --plate_check_model"):

@@ -8,6 +8,7 @@ blurred copy of the image. Every model pass is counted (``passes``, ``megapixels
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Mapping
@@ -135,9 +136,7 @@ class Anonymizer:
         asked = plan.check_asked(plates, self.settings, self.plate_check.checks)
         if not asked.any():
             return plates
-        t = time.perf_counter()
-        probs = self.plate_check.scores(image, plates.xyxy[asked])
-        cost.add(self.settings.plate_check_model, 0, time.perf_counter() - t)
+        probs = self._check_scores(image, plates.xyxy[asked], cost)
         refused = np.zeros(len(plates), bool)
         refused[asked] = probs < self.settings.plate_check_threshold
         return plates[~refused]
@@ -148,14 +147,17 @@ class Anonymizer:
         None when the run has no plate check or ``review_plate_check`` is 0."""
         if not self.plate_check or not self.settings.review_plate_check:
             return None
+        return functools.partial(self._check_scores, image, cost=cost)
 
-        def scores(xyxy: np.ndarray) -> np.ndarray:
-            t = time.perf_counter()
-            probs = self.plate_check.scores(image, xyxy)
-            if cost is not None:
-                cost.add(self.settings.plate_check_model, 0, time.perf_counter() - t)
-            return probs
-        return scores
+    def _check_scores(self, image: np.ndarray, xyxy: np.ndarray,
+                      cost: looks.Cost | None = None) -> np.ndarray:
+        """(K,) the plate check's probabilities for (K, 4) boxes of ``image``, timed in
+        ``cost``."""
+        t = time.perf_counter()
+        probs = self.plate_check.scores(image, xyxy)
+        if cost is not None:
+            cost.add(self.settings.plate_check_model, 0, time.perf_counter() - t)
+        return probs
 
     def detect(self, image: np.ndarray) -> tuple[Detections, DebugInfo, dict[str, float],
                                                  looks.Cost]:
